@@ -60,7 +60,9 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
         tm = get_tm()
         stale = current_transaction(tm)
         if stale is not None:  # never start a request inside someone else's transaction
-            log.error("a transaction was left open on this thread before %s; aborting it", request.path)
+            log.error(
+                "a transaction was left open on this thread before %s; aborting it", request.path
+            )
             tm.abort()
         scope = Scope(db.session_factory, database=db, autobegin=False, kind="request")
         setattr(request, SCOPE_ATTR, scope)

@@ -228,7 +228,9 @@ class Database:
                 txn = current_transaction(tm)
                 if txn is not None and txn is not before:
                     if not is_implicit(txn):
-                        log.warning("a unit of work was left open at the end of a scope; aborting it")
+                        log.warning(
+                            "a unit of work was left open at the end of a scope; aborting it"
+                        )
                     tm.abort()
             finally:
                 scope.close()

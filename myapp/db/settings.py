@@ -68,7 +68,7 @@ def normalise_url(url: str) -> str:
     """Accept the URLs people paste: ``postgres://`` and ``postgresql://`` mean psycopg 3."""
     for plain in ("postgres://", "postgresql://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain):]
+            return "postgresql+psycopg://" + url[len(plain) :]
     return url
 
 

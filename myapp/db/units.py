@@ -157,7 +157,10 @@ class db_transaction(ContextDecorator):
                     if attempt < self.attempts and unit._was_outermost and is_transient(exc):
                         log.warning(
                             "%s: transient error, retrying (%d/%d): %s",
-                            func.__qualname__, attempt, self.attempts, exc,
+                            func.__qualname__,
+                            attempt,
+                            self.attempts,
+                            exc,
                         )
                         continue
                     raise
@@ -405,4 +408,3 @@ def db_batch_operation(
         event.remove(session, "after_attach", count_added)
         if current_transaction(tm) is not None:
             tm.abort()
-

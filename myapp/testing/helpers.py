@@ -28,7 +28,9 @@ def _session(db: Any) -> Any:
     return getattr(db, "session", db)
 
 
-def persisted_fixture(db: HasSession, factory_instance: T, model_class: type[T], **kwargs: Any) -> T:
+def persisted_fixture(
+    db: HasSession, factory_instance: T, model_class: type[T], **kwargs: Any
+) -> T:
     """Commit ``factory_instance``, reload it from the database and assert that it exists.
 
     ``kwargs`` are set on the instance before the commit. Returns the reloaded

@@ -83,8 +83,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if marker is not None:
             backends = [b for b in backends if b == "postgresql"]
             if not backends:
-                backends = [pytest.param("postgresql", marks=pytest.mark.skip(
-                    reason="needs PostgreSQL: pass --dburl or set MYAPP_TEST_DBURL"))]
+                backends = [
+                    pytest.param(
+                        "postgresql",
+                        marks=pytest.mark.skip(
+                            reason="needs PostgreSQL: pass --dburl or set MYAPP_TEST_DBURL"
+                        ),
+                    )
+                ]
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 
@@ -147,7 +153,9 @@ class PostgresTestDatabase:
 
 
 @pytest.fixture(scope="session")
-def dbengine(backend: str, request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[Engine]:
+def dbengine(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: Any
+) -> Iterator[Engine]:
     """An engine on a database migrated to head once per run (and per backend)."""
     pg = None
     if backend == "postgresql":
@@ -286,7 +294,9 @@ def db(
         scope.close()
         checked_out = engine.pool.checkedout()
         if checked_out > 1:
-            problems.append(f"{checked_out - 1} connection(s) still checked out besides the fixture's")
+            problems.append(
+                f"{checked_out - 1} connection(s) still checked out besides the fixture's"
+            )
         if outer.is_active:
             outer.rollback()
         connection.close()
@@ -347,5 +357,3 @@ def app_request(app: Any, db: TestDB) -> Iterator[Any]:
         yield request
     finally:
         env["closer"]()
-
-
