@@ -18,10 +18,11 @@ target_metadata = Base.metadata
 
 
 def _settings() -> dict:
+    """The ``[app:main]`` settings of the ini file alembic was given (``-c``)."""
     import plaster
 
-    settings = dict(plaster.get_settings(config.config_file_name, "main"))
-    return settings
+    loader = plaster.get_loader(config.config_file_name, protocols=["wsgi"])
+    return dict(loader.get_wsgi_app_settings())
 
 
 def _configure(connection: Connection) -> None:

@@ -9,7 +9,7 @@ public API:
 * units of work: :class:`db_transaction`, :class:`savepoint`,
   :func:`db_read_only`, :func:`db_batch_operation`, :func:`is_in_transaction`,
   :func:`on_commit`, :func:`get_tm`;
-* models: :class:`Base`, :class:`BaseModel`;
+* models: :class:`Base`, :class:`BaseModel`, :func:`init_db`;
 * errors: see :mod:`myapp.db.errors`.
 """
 
@@ -23,9 +23,10 @@ from .errors import (
     NoScope,
     NoUnitOfWork,
     ReadOnlyViolation,
+    TransactionFailed,
     TransactionManaged,
 )
-from .model import Base, BaseModel, UTCDateTime, utcnow
+from .model import Base, BaseModel, UTCDateTime, init_db, utcnow
 from .scope import Database, Scope, current_scope, current_session, make_session_factory
 from .units import (
     BatchProgress,
@@ -52,6 +53,7 @@ __all__ = [
     "ReadOnlyViolation",
     "Scope",
     "Session",
+    "TransactionFailed",
     "TransactionManaged",
     "UTCDateTime",
     "create_engine_for",
@@ -62,6 +64,7 @@ __all__ = [
     "db_transaction",
     "engine_from_settings",
     "get_tm",
+    "init_db",
     "is_in_transaction",
     "is_transient",
     "make_session_factory",

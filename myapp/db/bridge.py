@@ -28,25 +28,40 @@ place, to fix what the library leaves open:
   ``session.commit()``/``save()`` or discarded when the scope ends.
 * Read-only units of work and the maintenance switch refuse writes before
   the database sees them.
-* :func:`on_commit` hooks follow Django's rules, savepoints included.
+* :func:`on_commit` hooks follow Django's rules, savepoints included, and run
+  outside the committed transaction (``transaction`` only forgets it after
+  its after-commit hooks).
+* A database error caught inside a unit of work without rolling back to a
+  savepoint makes the commit fail with :class:`TransactionFailed`
+  (:class:`FailureGuard`): PostgreSQL would otherwise turn the COMMIT of the
+  aborted transaction into a silent ROLLBACK.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import transaction
 from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
 from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.orm.session import SessionTransactionState
 from transaction.interfaces import NoTransaction
 from zope.sqlalchemy import datamanager as zdm
 
-from .errors import MaintenanceMode, NoUnitOfWork, ReadOnlyViolation, TransactionManaged
+from .errors import (
+    MaintenanceMode,
+    NoUnitOfWork,
+    ReadOnlyViolation,
+    TransactionFailed,
+    TransactionManaged,
+)
 from .sqlite import savepoints_supported
 
 log = logging.getLogger("myapp.db.tx")
@@ -56,6 +71,8 @@ hook_log = logging.getLogger("myapp.db.on_commit")
 IMPLICIT = "myapp.implicit"
 #: ``Transaction.extension`` key: the callbacks registered with :func:`on_commit`.
 HOOKS = "myapp.on_commit"
+#: ``Transaction.extension`` key: the :class:`FailureGuard` of the transaction.
+FAILURE = "myapp.failure"
 #: ``Transaction.extension`` key: the first session joined to the transaction.
 SESSION = "myapp.session"
 #: ``Transaction.extension`` key: ``session.commit()`` may commit this transaction.
@@ -68,6 +85,8 @@ AUTOBEGIN = "myapp.autobegin"
 READ_ONLY = "myapp.read_only"
 #: ``Session.info`` key: the :class:`MaintenanceSwitch` shared by a factory's sessions.
 MAINTENANCE = "myapp.maintenance"
+#: ``Session.info`` key: the ``Database`` whose factory made the session (if any).
+DATABASE = "myapp.database"
 
 
 class MaintenanceSwitch:
@@ -118,48 +137,242 @@ def begin_implicit(tm: Any) -> Any:
 # on_commit hooks
 
 
-def _hooks(txn: Any) -> list[Callable[[], Any]]:
-    hooks = txn.extension.get(HOOKS)
-    if hooks is None:
-        hooks = txn.extension[HOOKS] = []
-        txn.addAfterCommitHook(_run_hooks, (hooks,))
-    return hooks
+class OnCommitHooks:
+    """A transaction's :func:`on_commit` callbacks, joined to it as a data manager.
+
+    Being a (no-op) data manager is what makes savepoints cover the hooks:
+    ``transaction.savepoint()`` asks every joined resource for a savepoint,
+    and one taken before the first hook was registered rolls back by aborting
+    the resources that joined later. So whichever way a savepoint rolls back
+    (a nested ``db_transaction``, ``savepoint()``, ``transaction.savepoint()``),
+    the hooks registered after it are dropped, in this one place.
+    """
+
+    transaction_manager = None
+
+    def __init__(self, txn: Any) -> None:
+        self.txn = txn
+        self.hooks: list[Callable[[], Any]] = []
+        self.joined = False
+        txn.addAfterCommitHook(self._after_commit)
+
+    def add(self, fn: Callable[[], Any]) -> None:
+        if not self.joined:
+            self.txn.join(self)
+            self.joined = True
+        self.hooks.append(fn)
+
+    def _after_commit(self, committed: bool) -> None:
+        hooks, self.hooks = self.hooks, []
+        if not committed:
+            return
+        # transaction forgets a committed transaction only after its
+        # after-commit hooks: forget it now, so that hooks run outside it (as
+        # in Django) and may open their own units of work.
+        free = getattr(self.txn, "_free_manager", None)
+        if free is not None:
+            try:
+                free()
+            except ValueError:  # an earlier after-commit hook began another transaction
+                pass
+        for fn in hooks:
+            try:
+                fn()
+            except Exception:  # a failing hook never undoes the commit
+                hook_log.exception("on_commit hook %r failed after the commit", fn)
+
+    # IDataManager: nothing to write; an abort (of the transaction, or of a
+    # savepoint taken before this joined) drops every hook.
+    def abort(self, txn: Any) -> None:
+        del self.hooks[:]
+        self.joined = False
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    def commit(self, txn: Any) -> None:
+        pass
+
+    def tpc_vote(self, txn: Any) -> None:
+        pass
+
+    def tpc_finish(self, txn: Any) -> None:
+        pass
+
+    def tpc_abort(self, txn: Any) -> None:
+        pass
+
+    def sortKey(self) -> str:
+        return "myapp.on_commit"
+
+    def savepoint(self) -> _HooksSavepoint:
+        return _HooksSavepoint(self, len(self.hooks))
 
 
-def _run_hooks(committed: bool, hooks: list[Callable[[], Any]]) -> None:
-    if not committed:
-        return
-    for fn in list(hooks):
-        try:
-            fn()
-        except Exception:  # a failing hook never undoes the commit
-            hook_log.exception("on_commit hook %r failed after the commit", fn)
+class _HooksSavepoint:
+    def __init__(self, manager: OnCommitHooks, mark: int) -> None:
+        self.manager = manager
+        self.mark = mark
 
-
-def hooks_mark(txn: Any) -> int:
-    """How many hooks are registered on ``txn`` (a savepoint remembers this)."""
-    return len(txn.extension.get(HOOKS) or ())
-
-
-def drop_hooks_since(txn: Any, mark: int) -> None:
-    """Forget the hooks registered after ``mark`` (their savepoint rolled back)."""
-    hooks = txn.extension.get(HOOKS)
-    if hooks is not None:
-        del hooks[mark:]
+    def rollback(self) -> None:
+        del self.manager.hooks[self.mark :]
 
 
 def on_commit(fn: Callable[[], Any], tm: Any = None) -> None:
-    """Run ``fn()`` after the outermost transaction commits.
+    """Run ``fn()`` after the outermost transaction commits (Django's semantics).
 
-    Dropped if the transaction aborts, or if the savepoint it was registered
-    in rolls back. Outside any transaction it runs at once. A hook that
-    raises is logged and does not undo the commit (Django's semantics).
+    Dropped if the transaction aborts, or if a savepoint it was registered
+    after rolls back. Outside any transaction it runs at once. Hooks run in
+    registration order, outside the committed transaction (a hook may use
+    ``db_transaction()``); one that raises is logged and does not undo the
+    commit nor stop the next hooks.
     """
     txn = current_transaction(tm)
     if txn is None:
         fn()
         return
-    _hooks(txn).append(fn)
+    hooks = txn.extension.get(HOOKS)
+    if hooks is None:
+        hooks = txn.extension[HOOKS] = OnCommitHooks(txn)
+    hooks.add(fn)
+
+
+# ---------------------------------------------------------------------------
+# database errors caught inside a unit of work
+
+
+class FailureGuard:
+    """Vetoes the commit of a transaction in which a database error was swallowed.
+
+    A failed statement aborts the whole transaction on PostgreSQL, and a
+    later COMMIT silently rolls everything back; SQLAlchemy only notices
+    failed *flushes* (``PendingRollbackError``). The guard records every
+    database error raised on a connection of the transaction's sessions and,
+    unless a savepoint taken before the error was rolled back since, makes
+    the commit raise :class:`TransactionFailed` and roll back, on every
+    backend alike (SQLite would have committed the rest). Like
+    :class:`OnCommitHooks` it is a no-op data manager, so savepoints cover it.
+    """
+
+    transaction_manager = None
+
+    def __init__(self, txn: Any) -> None:
+        self.txn = txn
+        self.error: BaseException | None = None
+        self.joined = False
+
+    def record(self, error: BaseException) -> None:
+        if not self.joined:
+            self.txn.join(self)
+            self.joined = True
+        if self.error is None:
+            self.error = error
+
+    def _check(self) -> None:
+        error = self.error
+        if error is not None:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise TransactionFailed(
+                "this unit of work cannot commit: a database error inside it was caught "
+                f"without rolling back to a savepoint ({type(error).__name__}: {first_line}); "
+                "on PostgreSQL that aborts the whole transaction, so everything was rolled "
+                "back. Put the statement that may fail in 'with savepoint():' (or a nested "
+                "db_transaction()) and catch the error outside that block to carry on"
+            ) from error
+
+    def abort(self, txn: Any) -> None:
+        self.error = None
+        self.joined = False
+
+    def tpc_begin(self, txn: Any) -> None:
+        self._check()
+
+    def commit(self, txn: Any) -> None:
+        pass
+
+    def tpc_vote(self, txn: Any) -> None:
+        self._check()
+
+    def tpc_finish(self, txn: Any) -> None:
+        pass
+
+    def tpc_abort(self, txn: Any) -> None:
+        pass
+
+    def sortKey(self) -> str:
+        return "!myapp.failure"  # first: veto before any session flushes or commits
+
+    def savepoint(self) -> _FailureSavepoint:
+        return _FailureSavepoint(self, self.error)
+
+
+class _FailureSavepoint:
+    def __init__(self, guard: FailureGuard, error: BaseException | None) -> None:
+        self.guard = guard
+        self.error = error
+
+    def rollback(self) -> None:
+        self.guard.error = self.error
+
+
+def _uses_connection(txn: Any, connection: Connection) -> bool:
+    dbapi = getattr(connection, "connection", None)
+    dbapi = getattr(dbapi, "dbapi_connection", None)
+    for resource in list(getattr(txn, "_resources", ())):
+        tx = getattr(resource, "tx", None) if isinstance(resource, SessionDataManager) else None
+        if tx is None:
+            continue
+        for conn, *_rest in list(tx._connections.values()):
+            if conn is connection:
+                return True
+            fairy = getattr(conn, "connection", None)
+            if dbapi is not None and getattr(fairy, "dbapi_connection", None) is dbapi:
+                return True
+    return False
+
+
+def _on_error(context: ExceptionContext) -> None:
+    connection = context.connection
+    if connection is None or not isinstance(context.sqlalchemy_exception, DBAPIError):
+        return
+    txn = current_transaction()
+    if txn is None or txn.status != transaction._transaction.Status.ACTIVE:
+        return
+    if not _uses_connection(txn, connection):
+        return
+    guard = txn.extension.get(FAILURE)
+    if guard is None:
+        guard = txn.extension[FAILURE] = FailureGuard(txn)
+    guard.record(context.sqlalchemy_exception)
+
+
+_nested_marks: weakref.WeakKeyDictionary[SessionTransaction, BaseException | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _remember_guard_state(session: _SASession, sa_txn: SessionTransaction) -> None:
+    """A plain SQLAlchemy savepoint (``session.begin_nested()``) covers the guard too."""
+    if sa_txn.nested:
+        txn = current_transaction()
+        guard = txn.extension.get(FAILURE) if txn is not None else None
+        _nested_marks[sa_txn] = guard.error if guard is not None else None
+
+
+def _restore_guard_state(session: _SASession, previous: SessionTransaction) -> None:
+    if previous.nested and previous in _nested_marks:
+        txn = current_transaction()
+        guard = txn.extension.get(FAILURE) if txn is not None else None
+        if guard is not None:
+            guard.error = _nested_marks[previous]
+
+
+def install_failure_guard(bind: Engine | Connection) -> None:
+    """Watch ``bind``'s engine for database errors inside units of work (idempotent)."""
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if not isinstance(engine, Engine) or event.contains(engine, "handle_error", _on_error):
+        return
+    event.listen(engine, "handle_error", _on_error)
 
 
 # ---------------------------------------------------------------------------
@@ -167,16 +380,7 @@ def on_commit(fn: Callable[[], Any], tm: Any = None) -> None:
 
 
 class SessionSavepoint(zdm.SessionSavepoint):
-    """A ``transaction.savepoint()`` for one session: SAVEPOINT, rollback drops later hooks."""
-
-    def __init__(self, session: _SASession, txn: Any) -> None:
-        super().__init__(session)
-        self._txn = txn
-        self._mark = hooks_mark(txn)
-
-    def rollback(self) -> None:
-        super().rollback()
-        drop_hooks_since(self._txn, self._mark)
+    """A ``transaction.savepoint()`` for one session: a SQL SAVEPOINT that can also be released."""
 
     def release(self) -> None:
         """RELEASE the SAVEPOINT early (the transaction package has no such call)."""
@@ -224,7 +428,7 @@ class SessionDataManager(zdm.SessionDataManager):
         return self._savepoint
 
     def _savepoint(self) -> SessionSavepoint:
-        return SessionSavepoint(self.session, self._txn)
+        return SessionSavepoint(self.session)
 
 
 def join_transaction(session: _SASession, status: str = zdm.STATUS_ACTIVE) -> None:
@@ -347,6 +551,8 @@ def register(factory: Any) -> None:
     event.listen(factory, "after_flush", events.after_flush)
     event.listen(factory, "do_orm_execute", events.do_orm_execute)
     event.listen(factory, "before_commit", events.before_commit)
+    event.listen(factory, "after_transaction_create", _remember_guard_state)
+    event.listen(factory, "after_soft_rollback", _restore_guard_state)
 
 
 class Session(_SASession):
@@ -367,12 +573,25 @@ class Session(_SASession):
             return None
         txn = self._own_transaction("commit")
         if txn is None:
-            return super().commit()
+            if not (self.info.get(AUTOBEGIN) and current_transaction() is None):
+                return super().commit()
+            txn = begin_implicit(get_tm())
+        # Join now: changes made without any SQL yet (an attribute set on a
+        # loaded object) belong to this unit of work and must be flushed.
+        join_transaction(self)
         manual = txn.extension.get(MANUAL)
         tm = get_tm()
-        tm.commit()
-        if manual is not None:  # keep the auto_commit=False block in a transaction
-            tm.begin().extension[MANUAL] = manual
+        try:
+            tm.commit()
+        except BaseException:
+            # A failed commit must not leave the transaction open (the manager
+            # keeps a failed transaction until it is aborted).
+            if current_transaction(tm) is not None:
+                tm.abort()
+            raise
+        finally:
+            if manual is not None:  # keep the auto_commit=False block in a transaction
+                tm.begin().extension[MANUAL] = manual
         return None
 
     def rollback(self) -> None:

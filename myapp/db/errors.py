@@ -21,6 +21,14 @@ class TransactionManaged(DatabaseError):
     """``session.commit()``/``rollback()`` inside a unit of work the transaction manager owns."""
 
 
+class TransactionFailed(DatabaseError):
+    """A unit of work could not go on after an error caught inside it; it was rolled back.
+
+    Raised instead of SQLAlchemy's ``PendingRollbackError``: a database error
+    was caught without a savepoint around the failing statement.
+    """
+
+
 class NestedTransactionError(DatabaseError):
     """A durable unit of work or a batch operation was started inside another transaction."""
 

@@ -12,11 +12,11 @@ from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import DateTime, MetaData
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from .scope import active_scope, current_session
+from .scope import Database, active_scope, current_session
 from .units import db_transaction, is_in_transaction
 
 NAMING_CONVENTION = {
@@ -121,3 +121,48 @@ class BaseModel(Base):
     def local_time(self, value: datetime) -> datetime:
         """``value`` in the display time zone."""
         return value.astimezone(self.display_timezone())
+
+
+def init_db(
+    bind: Database | Engine | Connection,
+    metadata: MetaData | None = None,
+    *,
+    drop: bool = False,
+    alembic_script_location: str | None = None,
+) -> None:
+    """Create the database schema (seed 002's ``init_db``), in one transaction of its own.
+
+    Without ``alembic_script_location``: create the tables registered on
+    ``metadata`` (default ``Base.metadata``: import the models first) that do
+    not exist yet; ``drop=True`` drops them first. Handy for scripts,
+    examples and throwaway databases.
+
+    With ``alembic_script_location`` (``"myapp:alembic"``): run the alembic
+    migrations up to head instead, which is what ``myapp initdb`` does and
+    what production databases get (the env.py must accept a connection in
+    ``config.attributes["connection"]``).
+
+    Schema setup, not business code: it runs outside any unit of work.
+    """
+    metadata = metadata if metadata is not None else Base.metadata
+    target = bind.engine if isinstance(bind, Database) else bind
+
+    def run(connection: Connection) -> None:
+        if drop:
+            metadata.drop_all(connection)
+        if alembic_script_location is None:
+            metadata.create_all(connection)
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", alembic_script_location)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    if isinstance(target, Connection):
+        run(target)
+    else:
+        with target.begin() as connection:
+            run(connection)

@@ -12,9 +12,17 @@
 * ``request.dbsession`` (created on first use) and a request scope, so that
   business code finds the session with ``current_session()``;
 * a guard tween around pyramid_tm that, whatever happened, aborts a
-  transaction left open (a failed commit, a before-commit hook that raised)
-  and closes the session, so no connection stays checked out and the next
-  request on this thread starts clean.
+  transaction left open and closes the session, so no connection stays
+  checked out and the next request on this thread starts clean. pyramid_tm
+  2.6 leaves the transaction open when a before-commit hook raises and when
+  the commit fails (it renders the error with the exception view from its
+  commit handler and never aborts);
+* :func:`tag_retryable` for catch-all error views. With a commit veto,
+  pyramid_tm aborts an error response *before* it would tag the exception
+  the exception view rendered, and it never tags errors raised by the
+  commit: an error view that renders a retryable database error (a
+  serialization failure, a deadlock) must tag it itself, or pyramid_retry
+  will not replay the request (``tests/stack/test_retry.py`` proves both).
 """
 
 from __future__ import annotations
@@ -54,6 +62,13 @@ def _dbsession(request: Request) -> Any:
 
 
 def guard_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Any:
+    """The guard tween (over pyramid_tm): a request scope, and nothing left open after it.
+
+    Before the request, a transaction left open on this thread by someone
+    else is aborted (pyramid_tm would otherwise fail with AlreadyInTransaction).
+    After it, whatever happened, a transaction still open is aborted and the
+    session closed: its connection goes back to the pool.
+    """
     db: Database = registry["db"]
 
     def db_guard_tween(request: Request) -> Response:
@@ -71,8 +86,15 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
                 return handler(request)
         finally:
             try:
-                if current_transaction(tm) is not None:
-                    log.warning("request %s left its transaction open; aborting it", request.path)
+                leftover = current_transaction(tm)
+                if leftover is not None:
+                    # pyramid_tm does not abort after a failed commit or a
+                    # before-commit hook that raised (the error was rendered).
+                    log.warning(
+                        "request %s left its transaction open (%s); aborting it",
+                        request.path,
+                        leftover.status,
+                    )
                     tm.abort()
             finally:
                 scope.close()
@@ -83,9 +105,12 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
 def tag_retryable(request: Request, exc: BaseException) -> bool:
     """Mark ``exc`` retryable for pyramid_retry if a new attempt may succeed.
 
-    An exception view that renders an error response hides the exception
-    from pyramid_tm's own tagging when the error happens at commit time;
-    error views call this first. Returns True if pyramid_retry will retry.
+    Catch-all error views call this first: once a view renders the error,
+    pyramid_tm does not tag it (the commit veto aborts first; errors raised
+    by the commit are never tagged). Transient errors (:func:`is_transient`)
+    and those a joined data manager deems retryable are marked. Returns True
+    if pyramid_retry will replay the request (so the response is discarded),
+    False on the last attempt or for other errors.
     """
     if not isinstance(exc, Exception):
         return False
@@ -102,6 +127,11 @@ def tag_retryable(request: Request, exc: BaseException) -> bool:
 
 
 def includeme(config: Configurator) -> None:
+    """Wire the database, pyramid_tm, pyramid_retry and the guard into ``config``.
+
+    Settings set explicitly win over these defaults: ``tm.manager_hook``,
+    ``tm.commit_veto``, ``retry.attempts`` (3).
+    """
     settings = config.get_settings()
     settings.setdefault("tm.manager_hook", manager_hook)
     settings.setdefault("tm.commit_veto", "pyramid_tm.default_commit_veto")

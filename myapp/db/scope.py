@@ -18,17 +18,19 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import sessionmaker
 
 from .bridge import (
     AUTOBEGIN,
+    DATABASE,
     MAINTENANCE,
     SESSION,
     MaintenanceSwitch,
     Session,
     current_transaction,
     get_tm,
+    install_failure_guard,
     is_implicit,
     register,
 )
@@ -47,6 +49,7 @@ def make_session_factory(
     *,
     expire_on_commit: bool = True,
     maintenance: MaintenanceSwitch | None = None,
+    database: Database | None = None,
     **options: Any,
 ) -> sessionmaker[Session]:
     """A session factory whose sessions join the ``transaction`` manager.
@@ -54,14 +57,17 @@ def make_session_factory(
     The bridge is registered once on the factory, not on every session
     (registering per session costs about a sixth of a small request).
     """
+    info: dict[str, Any] = {
+        MAINTENANCE: maintenance if maintenance is not None else MaintenanceSwitch()
+    }
+    if database is not None:
+        info[DATABASE] = database
     factory = sessionmaker(
-        bind=bind,
-        class_=Session,
-        expire_on_commit=expire_on_commit,
-        info={MAINTENANCE: maintenance if maintenance is not None else MaintenanceSwitch()},
-        **options,
+        bind=bind, class_=Session, expire_on_commit=expire_on_commit, info=info, **options
     )
     register(factory)
+    if isinstance(bind, Engine | Connection):
+        install_failure_guard(bind)
     return factory
 
 
@@ -106,6 +112,11 @@ class Scope:
         return self._session
 
     @property
+    def factory(self) -> Callable[[], Session] | None:
+        """The factory this scope makes its session with (None for a borrowed session)."""
+        return self._factory
+
+    @property
     def has_session(self) -> bool:
         return self._session is not None
 
@@ -132,7 +143,13 @@ def current_scope() -> Scope:
         return scope
     txn = current_transaction()
     if txn is not None and txn.extension.get(SESSION) is not None:
-        return Scope(session=txn.extension[SESSION], autobegin=False, kind="transaction")
+        session = txn.extension[SESSION]
+        return Scope(
+            session=session,
+            database=session.info.get(DATABASE),
+            autobegin=False,
+            kind="transaction",
+        )
     raise NoScope(
         "no database scope is active: business code runs inside a request, "
         "'with db.scope():' in scripts, a management command, or the test fixtures"
@@ -169,16 +186,35 @@ class Database:
         self.replica_engine = replica_engine
         self.maintenance = MaintenanceSwitch(read_only)
         self.timezone = ZoneInfo(timezone)
+        self.expire_on_commit = expire_on_commit
         self.session_factory = make_session_factory(
-            engine, expire_on_commit=expire_on_commit, maintenance=self.maintenance
+            engine, expire_on_commit=expire_on_commit, maintenance=self.maintenance, database=self
         )
         self.replica_factory = (
             make_session_factory(
-                replica_engine, expire_on_commit=expire_on_commit, maintenance=self.maintenance
+                replica_engine,
+                expire_on_commit=expire_on_commit,
+                maintenance=self.maintenance,
+                database=self,
             )
             if replica_engine is not None
             else None
         )
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Database:
+        """Build from a URL (``sqlite:///var/app.sqlite``, ``postgresql://...``).
+
+        ``options`` are :class:`Database`'s keyword arguments (``replica_url``
+        gives the replica's URL).
+        """
+        from .engine import create_engine_for
+        from .settings import normalise_url
+
+        replica_url = options.pop("replica_url", None)
+        if replica_url:
+            options["replica_engine"] = create_engine_for(normalise_url(replica_url))
+        return cls(create_engine_for(normalise_url(url)), **options)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Database:
@@ -199,11 +235,16 @@ class Database:
         )
 
     @classmethod
-    def from_config(cls, config_uri: str, name: str = "main") -> Database:
-        """Build from an ini file: ``Database.from_config("development.ini")``."""
+    def from_config(cls, config_uri: str, name: str | None = None) -> Database:
+        """Build from an ini file's app section: ``Database.from_config("development.ini")``.
+
+        ``name`` picks ``[app:NAME]`` (default: the URI's ``#fragment``, else
+        ``main``), as ``pyramid.paster.get_appsettings`` does.
+        """
         import plaster
 
-        return cls.from_settings(plaster.get_settings(config_uri, name))
+        loader = plaster.get_loader(config_uri, protocols=["wsgi"])
+        return cls.from_settings(loader.get_wsgi_app_settings(name=name))
 
     @contextmanager
     def scope(self, session: Session | None = None, *, autobegin: bool = True) -> Iterator[Session]:
@@ -237,10 +278,20 @@ class Database:
 
     @property
     def session(self) -> Session:
-        """The current scope's session (raises :class:`NoScope` outside any scope)."""
-        scope = _current.get()
-        if scope is None:
-            raise NoScope("Database.session is only available inside 'with db.scope():'")
+        """The current scope's session: inside ``with db.scope():``, a request, a test.
+
+        Raises :class:`NoScope` outside any scope, or when the current scope
+        belongs to another ``Database``.
+        """
+        try:
+            scope = current_scope()
+        except NoScope:
+            raise NoScope(
+                "Database.session is only available inside a scope: 'with db.scope():' in "
+                "scripts, a request, or the test fixtures"
+            ) from None
+        if scope.database is not None and scope.database is not self:
+            raise NoScope("the current database scope belongs to another Database")
         return scope.session
 
     def dispose(self) -> None:
