@@ -2,9 +2,12 @@
 
 pyramid_tm aborts because the response status is 4xx/5xx (``tm.commit_veto``).
 Retryable database errors (serialization failures, deadlocks) are tagged for
-pyramid_retry first, so a catch-all view does not swallow them: the request
-is replayed from scratch, and only after the last attempt does the client see
-a 409.
+pyramid_retry first (:func:`myapp.db.pyramid.tag_retryable`), so the
+catch-all view does not swallow them, whether they were raised by the view or
+by the commit: the request is replayed from scratch, and only after the last
+attempt does the client see a 409. Constraint violations are a 409, an
+unreachable database a 503, anything else a 500 whose body carries details
+only when ``myapp.expose_errors`` is on (never in production.ini).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pyramid.httpexceptions import HTTPException
 from pyramid.request import Request
 from pyramid.settings import asbool
 from pyramid.view import exception_view_config, notfound_view_config
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm.exc import NoResultFound
 
 from myapp.db import MaintenanceMode, ReadOnlyViolation, is_transient
@@ -80,6 +83,20 @@ def server_error(exc: Exception, request: Request) -> dict[str, object]:
     return _json(request, 500, "internal server error")
 
 
+#: sqlite3 error names meaning the database file cannot be reached at all.
+_SQLITE_UNAVAILABLE = {"SQLITE_CANTOPEN", "SQLITE_IOERR"}
+
+
 def _is_connection_error(exc: DBAPIError) -> bool:
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    return sqlstate.startswith(("08", "57P")) or "server closed the connection" in str(exc.orig)
+    """Is the database unreachable (not a bad statement)? Then the answer is a 503."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:  # PostgreSQL reported it: connection exceptions, shutdowns
+        return str(sqlstate).startswith(("08", "57P"))
+    if hasattr(orig, "sqlstate"):  # psycopg raised it client-side: the connection failed
+        return isinstance(exc, OperationalError)
+    errorname = getattr(orig, "sqlite_errorname", None)
+    if errorname is not None:
+        # extended codes extend the primary name: SQLITE_CANTOPEN_ISDIR, SQLITE_IOERR_READ
+        return any(errorname == n or errorname.startswith(n + "_") for n in _SQLITE_UNAVAILABLE)
+    return "server closed the connection" in str(orig)

@@ -1,0 +1,171 @@
+"""Helpers for the request/transaction stack tests (fixtures in conftest.py).
+
+Two ways to run a test application:
+
+* on the test's connection (the ``db`` fixture rebinds the shared
+  ``database``'s session factory to it): commits are savepoint releases and
+  vanish after the test;
+* on a real engine (:class:`RealStack`, ``real`` fixture): a new engine and
+  :class:`~myapp.db.Database` on the run's database, so commits are real and
+  visible to other connections, and ``engine.pool.checkedout()`` counts only
+  this test's connections. Rows are tagged with a per-test token and deleted
+  at the end (the tables are shared by the run).
+
+Either way requests run on the plugin's ``request_thread`` worker, with their
+own thread-local transaction manager, as in a real server thread.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import webtest
+from pyramid.config import Configurator
+from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy.engine import Engine
+
+from myapp.db import Database, create_engine_for
+from myapp.db.bridge import current_transaction, get_tm
+from myapp.models import Item
+
+ITEMS = Item.__table__
+
+
+def build_app(
+    database: Database, configure: Callable[[Configurator], None] | None = None, **settings: Any
+) -> Any:
+    """The real application (``config.include("myapp")``) on ``database``, plus test routes."""
+    base: dict[str, Any] = {
+        "myapp.env": "testing",
+        "myapp.expose_errors": "true",
+        "retry.attempts": "3",
+    }
+    base.update(settings)
+    base["myapp.database"] = database
+    with Configurator(settings=base) as config:
+        config.include("myapp")
+        if configure is not None:
+            configure(config)
+    return config.make_wsgi_app()
+
+
+def add_view(config: Configurator, path: str, view: Callable[..., Any], **options: Any) -> None:
+    """Register ``view`` (a ``view(request)`` callable, JSON renderer) at ``path``."""
+    name = "t_" + path.strip("/").replace("/", "_").replace("-", "_")
+    config.add_route(name, path)
+    options.setdefault("renderer", "json")
+    config.add_view(view, route_name=name, **options)
+
+
+def threaded(app: Any, request_thread: Any) -> webtest.TestApp:
+    """A WebTest app whose requests run on the ``request_thread`` worker (like the plugin's)."""
+
+    def threaded_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        def call() -> list[bytes]:
+            result = app(environ, start_response)
+            try:
+                return list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+        return request_thread.run(call)
+
+    return webtest.TestApp(threaded_app, extra_environ={"HTTP_HOST": "example.com"})
+
+
+class RealStack:
+    """A real engine and Database on the run's database; rows tagged with ``token``."""
+
+    def __init__(self, url: str, request_thread: Any) -> None:
+        self.engine: Engine = create_engine_for(url, pool_size=5, max_overflow=10)
+        self.database = Database(self.engine)
+        self.request_thread = request_thread
+        self.token = "t" + secrets.token_hex(4)
+        self.ids: set[int] = set()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def name(self, suffix: str = "") -> str:
+        """A row name carrying this test's token (cleaned up at the end)."""
+        return f"{self.token}{suffix}"
+
+    def app(
+        self, configure: Callable[[Configurator], None] | None = None, **settings: Any
+    ) -> webtest.TestApp:
+        return threaded(build_app(self.database, configure, **settings), self.request_thread)
+
+    def names(self) -> list[str]:
+        """Committed item names of this test, read on a fresh connection."""
+        with self.engine.connect() as conn:
+            rows = conn.scalars(
+                select(ITEMS.c.name).where(ITEMS.c.name.like(self.token + "%")).order_by("name")
+            )
+            return list(rows)
+
+    def count_ids(self, *ids: int) -> int:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(ITEMS).where(ITEMS.c.id.in_(ids)))
+
+    def insert(self, suffix: str = "") -> int:
+        """Commit an item named ``token + suffix`` on a separate connection; return its id."""
+        with self.engine.begin() as conn:
+            statement = insert(ITEMS).values(name=self.name(suffix)).returning(ITEMS.c.id)
+            item_id = conn.scalar(statement)
+        self.ids.add(item_id)
+        return item_id
+
+    def open_transaction(self) -> Any:
+        return self.request_thread.run(lambda: current_transaction(get_tm()))
+
+    def cleanup(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    delete(ITEMS).where(
+                        or_(ITEMS.c.name.like(self.token + "%"), ITEMS.c.id.in_(self.ids))
+                    )
+                )
+        finally:
+            self.engine.dispose()
+
+
+class ConnectionStack:
+    """The same interface on the test's connection (the ``db`` fixture): nothing survives."""
+
+    def __init__(self, db: Any, database: Database, request_thread: Any) -> None:
+        self.db = db
+        self.database = database
+        self.engine = database.engine
+        self.request_thread = request_thread
+        self.token = "t" + secrets.token_hex(4)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def name(self, suffix: str = "") -> str:
+        return f"{self.token}{suffix}"
+
+    def app(
+        self, configure: Callable[[Configurator], None] | None = None, **settings: Any
+    ) -> webtest.TestApp:
+        return threaded(build_app(self.database, configure, **settings), self.request_thread)
+
+    def names(self) -> list[str]:
+        """Item names of this test as the test's own session sees them (same connection)."""
+        rows = self.db.session.scalars(
+            select(Item.name).where(Item.name.like(self.token + "%")).order_by(Item.name)
+        )
+        return list(rows)
+
+    def insert(self, suffix: str = "") -> int:
+        item = Item(name=self.name(suffix))
+        self.db.session.add(item)
+        self.db.session.commit()
+        return item.id
