@@ -230,6 +230,12 @@ class db_transaction(ContextDecorator):
         txn = _enclosing(tm)
         session = current_scope().session
         if txn is not None:
+            if self.durable and txn.isDoomed():
+                raise NestedTransactionError(
+                    "durable db_transaction() inside a doomed transaction, which can never "
+                    "commit (in the test suite: the @pytest.mark.doomed mode, for tests that "
+                    "never commit; drop the marker to test code that commits)"
+                )
             if self.durable:
                 raise NestedTransactionError(
                     "durable db_transaction() inside another transaction: a durable unit of "

@@ -1,8 +1,9 @@
-"""myapp's pytest toolkit (registered as the ``myapp`` pytest plugin).
+"""myapp's pytest toolkit (registered as the ``myapp`` pytest plugin). Guide: docs/testing.md.
 
-Fixtures (see :mod:`myapp.testing.plugin`): ``dbengine``, ``db``, ``dbsession``,
-``tm``, ``app``, ``testapp``, ``app_request``. Helpers named after the seeds are
-importable from here.
+Fixtures (see :mod:`myapp.testing.plugin`): ``backend``, ``dbengine``, ``database``,
+``app``, ``db``, ``dbsession``, ``tm``, ``testapp``, ``app_request``; the
+``@pytest.mark.doomed`` mode; the leak guard. Factories: :mod:`myapp.testing.factories`.
+Helpers named after the seeds (000, 001) are importable from here.
 """
 
 from .helpers import (

@@ -1,15 +1,23 @@
-"""Test helpers with the seeds' names (seed 000 and seed 001)."""
+"""Test helpers with the seeds' names (seed 000 and seed 001).
+
+All of them take ``db`` (the fixture) or a session, and work on the test's
+session: in the ``db`` fixture, a "commit" is a savepoint release inside the
+test's outer transaction, so committed fixture data survives the defensive
+rollbacks of the code under test and still vanishes after the test.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import inspect, select
 
 from myapp.db.bridge import (
     COMMIT_FLOOR,
+    IMPLICIT,
     begin_implicit,
     current_transaction,
     get_tm,
@@ -20,61 +28,104 @@ from myapp.db.bridge import (
 T = TypeVar("T")
 
 
-class HasSession(Protocol):
-    session: Any
-
-
 def _session(db: Any) -> Any:
+    """``db.session`` for the ``db`` fixture, or ``db`` itself when given a session."""
     return getattr(db, "session", db)
 
 
-def persisted_fixture(
-    db: HasSession, factory_instance: T, model_class: type[T], **kwargs: Any
-) -> T:
+def _pk_filter(model_class: type, identity: Any) -> list[Any]:
+    columns = inspect(model_class).primary_key
+    values = identity if isinstance(identity, tuple) else (identity,)
+    if len(values) != len(columns):
+        raise ValueError(
+            f"{model_class.__name__} has a {len(columns)}-column primary key; got {identity!r}"
+        )
+    return [col == value for col, value in zip(columns, values, strict=True)]
+
+
+def persisted_fixture(db: Any, factory_instance: T, model_class: type[T], **kwargs: Any) -> T:
     """Commit ``factory_instance``, reload it from the database and assert that it exists.
 
     ``kwargs`` are set on the instance before the commit. Returns the reloaded
-    object, attached to ``db.session``.
+    object, attached to ``db.session``. Use it in fixtures whose objects the
+    code under test must find after its defensive rollback (``engine.run``).
     """
+    if not isinstance(factory_instance, model_class):
+        raise TypeError(
+            f"persisted_fixture: expected a {model_class.__name__}, "
+            f"got {type(factory_instance).__name__}"
+        )
     session = _session(db)
     for name, value in kwargs.items():
         setattr(factory_instance, name, value)
     session.add(factory_instance)
     session.commit()
     identity = inspect(factory_instance).identity
-    assert identity is not None, f"{model_class.__name__} has no identity after the commit"
+    if identity is None:
+        raise AssertionError(f"{model_class.__name__} has no identity after the commit")
     session.expire_all()
-    mapper = inspect(model_class)
-    pk_filter = [col == value for col, value in zip(mapper.primary_key, identity, strict=True)]
-    reloaded = session.scalars(select(model_class).where(*pk_filter)).one_or_none()
-    assert reloaded is not None, f"{model_class.__name__}{identity!r} was not persisted"
+    reloaded = session.scalars(
+        select(model_class).where(*_pk_filter(model_class, identity))
+    ).one_or_none()
+    if reloaded is None:
+        raise AssertionError(f"{model_class.__name__}{identity!r} was not persisted")
     return reloaded
 
 
 @contextmanager
-def ensure_committed(db: HasSession) -> Iterator[Any]:
-    """Commit everything pending in ``db.session`` now; yields the session.
+def ensure_committed(db: Any) -> Iterator[Any]:
+    """Commit everything pending in ``db.session`` now, and again at the end of the block.
 
-    Use it before code that starts with a defensive rollback (``engine.run``).
-    Raises if called inside a unit of work that the test itself opened.
+    Yields the session. Use it around code that starts with a defensive
+    rollback (``engine.run``): whatever the test created before is committed
+    (a savepoint release under the ``db`` fixture) and so survives it. If the
+    block raises, nothing more is committed. Refused inside a unit of work
+    the test opened itself (``db_transaction()``, ``with transaction.manager:``,
+    ``nested_savepoint()``), where a commit cannot happen.
     """
     session = _session(db)
     txn = current_transaction(get_tm())
+    if txn is not None and txn.isDoomed():
+        raise RuntimeError(
+            "ensure_committed() in a doomed transaction cannot commit: in the test suite this "
+            "is the @pytest.mark.doomed mode; drop the marker to commit"
+        )
     if txn is not None and not is_implicit(txn):
         raise RuntimeError(
-            "ensure_committed() inside an open unit of work: leave the db_transaction() "
-            "or 'with transaction.manager:' block first"
+            "ensure_committed() inside an open unit of work cannot commit: leave the "
+            "db_transaction(), 'with transaction.manager:' or nested_savepoint() block first"
         )
     session.commit()
     yield session
+    session.commit()
+
+
+class _Floor:
+    """What ``session.commit()`` flushes up to and ``session.rollback()`` returns to.
+
+    Re-armed after every rollback, so that work done after a rollback inside
+    :func:`nested_savepoint` is still covered by a savepoint.
+    """
+
+    def __init__(self, txn: Any) -> None:
+        self.txn = txn
+        self.savepoint = txn.savepoint()
+
+    def rollback(self) -> None:
+        self.savepoint.rollback()
+        self.savepoint = self.txn.savepoint()
 
 
 @contextmanager
-def nested_savepoint(db: HasSession) -> Iterator[Any]:
-    """A savepoint whose changes are rolled back at exit, even if the block commits.
+def nested_savepoint(db: Any) -> Iterator[Any]:
+    """A savepoint whose changes are all rolled back at exit, even those the block committed.
 
-    Inside, ``db.session.commit()`` only flushes (it commits up to this
-    savepoint) and ``db.session.rollback()`` returns to the savepoint.
+    Inside, ``db.session.commit()`` only flushes, ``db.session.rollback()``
+    returns to the savepoint, and ``db_transaction()`` nests (a savepoint of
+    its own) instead of committing. A durable unit of work (a durable
+    ``db_transaction``, ``engine.run``) is refused there: its commit could
+    not be undone. For partial-rollback scenarios inside one test; the
+    ``db`` fixture already isolates tests from each other.
     """
     session = _session(db)
     tm = get_tm()
@@ -82,44 +133,78 @@ def nested_savepoint(db: HasSession) -> Iterator[Any]:
     if txn is None:
         txn = begin_implicit(tm)
     join_transaction(session)
-    sp = txn.savepoint()
+    floor = _Floor(txn)
+    was_implicit = txn.extension.pop(IMPLICIT, None)  # units of work now nest instead of commit
     previous = session.info.get(COMMIT_FLOOR)
-    session.info[COMMIT_FLOOR] = sp
+    session.info[COMMIT_FLOOR] = floor
     try:
         yield session
     finally:
-        session.info[COMMIT_FLOOR] = previous
         if previous is None:
-            del session.info[COMMIT_FLOOR]
-        sp.rollback()
+            session.info.pop(COMMIT_FLOOR, None)
+        else:
+            session.info[COMMIT_FLOOR] = previous
+        if current_transaction(tm) is not txn:
+            raise RuntimeError(
+                "nested_savepoint(): the transaction it was taken in ended inside the block "
+                "(a commit or abort through transaction.manager); its changes cannot be rolled back"
+            )
+        if was_implicit:
+            txn.extension[IMPLICIT] = was_implicit
+        floor.savepoint.rollback()
         session.expire_all()
 
 
 def capture_original_values(obj: Any, fields: Iterable[str]) -> dict[str, Any]:
-    """Snapshot ``fields`` of ``obj`` (loaded now) for :func:`verify_rollback_restores_values`."""
-    return {name: getattr(obj, name) for name in fields}
+    """Snapshot ``fields`` of the persistent ``obj`` for :func:`verify_rollback_restores_values`.
+
+    Expired attributes are loaded from the database first. Raises
+    ``ValueError`` if ``obj`` is not in the database yet or one of the fields
+    has a change not flushed yet: its current value would not be an original.
+    """
+    state = inspect(obj)
+    if state.key is None:
+        raise ValueError(
+            f"capture_original_values: this {type(obj).__name__} is not in the database yet; "
+            "flush or commit it first"
+        )
+    values = {}
+    for name in fields:
+        value = getattr(obj, name)
+        if name in state.attrs and state.attrs[name].history.has_changes():
+            raise ValueError(
+                f"capture_original_values: {type(obj).__name__}.{name} has an unflushed change "
+                f"({value!r}); capture the values before modifying the object"
+            )
+        values[name] = copy.deepcopy(value)
+    return values
 
 
 def verify_rollback_restores_values(
-    session: Any, model_class: type, obj_id: Any, original_values: Mapping[str, Any]
-) -> Any:
+    session: Any, model_class: type[T], obj_id: Any, original_values: Mapping[str, Any]
+) -> T:
     """Assert that the row ``obj_id`` holds ``original_values`` in the database.
 
-    Expires the session, queries afresh, and lists every field that differs
-    (expected vs found) in the assertion message. Returns the reloaded object.
+    Expires the session (``db`` or a session), queries afresh, and fails
+    with a message listing every field that differs, expected vs found.
+    Returns the reloaded object.
     """
     session = _session(session)
     session.expire_all()
-    mapper = inspect(model_class)
-    (pk,) = mapper.primary_key
-    reloaded = session.scalars(select(model_class).where(pk == obj_id)).one_or_none()
-    assert reloaded is not None, f"{model_class.__name__} {obj_id!r} no longer exists"
+    reloaded = session.scalars(
+        select(model_class).where(*_pk_filter(model_class, obj_id))
+    ).one_or_none()
+    if reloaded is None:
+        raise AssertionError(f"{model_class.__name__} {obj_id!r} no longer exists")
     differences = [
         f"  {name}: expected {expected!r}, found {getattr(reloaded, name)!r}"
         for name, expected in original_values.items()
         if getattr(reloaded, name) != expected
     ]
-    assert not differences, (
-        f"rollback did not restore {model_class.__name__} {obj_id!r}:\n" + "\n".join(differences)
-    )
+    if differences:
+        # raised, not asserted: the message stays exactly this under assertion rewriting
+        raise AssertionError(
+            f"the rollback did not restore {model_class.__name__} {obj_id!r} "
+            f"({len(differences)} field(s) differ):\n" + "\n".join(differences)
+        )
     return reloaded

@@ -1,48 +1,78 @@
 """The ``myapp`` pytest plugin: isolated tests in which the code under test may commit.
 
-Every test that uses the database runs once per backend: SQLite always,
-PostgreSQL when ``--dburl`` (or ``MYAPP_TEST_DBURL``) names a server. On
-PostgreSQL the plugin creates a fresh database for the run (per xdist worker)
-and drops it at the end.
+Registered by the package's ``pytest11`` entry point, so every pytest run in
+an environment where myapp is installed loads it (``-p no:myapp`` disables it).
 
-Per test: one connection, an outer transaction, and the application's
-session factory bound to that connection with
-``join_transaction_mode="create_savepoint"``. Commits inside the test
-(``db.session.commit()``, ``db_transaction()``, a request through
+Backends: every test that uses the database runs once per backend, SQLite
+always, PostgreSQL when ``--dburl`` (or ``MYAPP_TEST_DBURL``) names a server.
+On PostgreSQL the plugin creates a fresh database for the run (one per
+pytest-xdist worker) and drops it at the end.
+
+Per test (:func:`isolated_db`, behind the ``db`` fixture): one connection, an
+outer transaction, and the application's session factory bound to that
+connection with ``join_transaction_mode="create_savepoint"``. Commits inside
+the test (``db.session.commit()``, ``db_transaction()``, a request through
 ``testapp``) are savepoint releases; rollbacks return to the last savepoint.
 After the test the transaction manager is aborted and the outer transaction
-rolled back, so nothing survives. A leak guard then fails the test if it
-left a connection checked out or a unit of work open.
+rolled back, so nothing survives. The leak guard then fails the test, naming
+it, if it left a connection checked out or a unit of work open (and cleans
+up, so the next test starts clean).
 
 ``@pytest.mark.doomed``: the Pyramid starter's faster pattern (one doomed
 transaction for the whole test, no savepoints) for tests that never commit;
-a commit raises a clear error.
+every way of committing fails with a message naming the marker.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import sqlalchemy
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
+from transaction.interfaces import AlreadyInTransaction, DoomedTransaction
 
-from myapp.db import Database, create_engine_for
+from myapp.db import Database, NestedTransactionError, TransactionManaged, create_engine_for
 from myapp.db.bridge import current_transaction, get_tm, is_implicit
 from myapp.db.scope import Scope
 from myapp.db.settings import normalise_url
 
 ENV_DBURL = "MYAPP_TEST_DBURL"
+#: what the doomed mode's note is added to
+_COMMIT_REFUSALS = (
+    TransactionManaged,
+    NestedTransactionError,
+    DoomedTransaction,
+    AlreadyInTransaction,
+)
+#: prefix of the PostgreSQL databases the plugin creates (and drops)
+PG_DATABASE_PREFIX = "myapp_test_"
+
+DOOMED_NOTE = (
+    "[myapp] this test runs in the @pytest.mark.doomed mode: the whole test is one doomed "
+    "transaction that can never commit (session.commit(), a durable db_transaction(), "
+    "transaction.commit() and 'with transaction.manager:' all fail). Drop the marker to test "
+    "code that commits: the default db fixture turns its commits into savepoint releases."
+)
+
+
+# ---------------------------------------------------------------------------
+# options and backends
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("myapp", "myapp database toolkit")
     group.addoption(
         "--dburl",
-        default=os.environ.get(ENV_DBURL),
+        default=os.environ.get(ENV_DBURL) or None,
         help=(
             "PostgreSQL server URL; the suite then also runs on PostgreSQL, in a fresh "
             f"database created for the run (env: {ENV_DBURL})"
@@ -60,7 +90,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "doomed: use the doomed-transaction fixture mode")
+    config.addinivalue_line(
+        "markers", "doomed: use the faster doomed-transaction fixture mode (the test never commits)"
+    )
+    config.addinivalue_line("markers", "postgresql_only: the behaviour under test needs PostgreSQL")
     dburl = config.getoption("--dburl")
     requested = config.getoption("--backends")
     backends = requested.split(",") if requested else ["sqlite"] + (["postgresql"] if dburl else [])
@@ -94,6 +127,43 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
+    """In the doomed mode, say so on every error that comes from trying to commit."""
+    try:
+        return (yield)
+    except (
+        TransactionManaged,
+        NestedTransactionError,
+        DoomedTransaction,
+        AlreadyInTransaction,
+    ) as exc:
+        _add_doomed_note(pyfuncitem, exc)
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    """The same note when a fixture of a doomed test tries to commit."""
+    try:
+        return (yield)
+    except (
+        TransactionManaged,
+        NestedTransactionError,
+        DoomedTransaction,
+        AlreadyInTransaction,
+    ) as exc:
+        _add_doomed_note(request.node, exc)
+        raise
+
+
+def _add_doomed_note(node: Any, exc: BaseException) -> None:
+    if node.get_closest_marker("doomed") is not None and DOOMED_NOTE not in getattr(
+        exc, "__notes__", ()
+    ):
+        exc.add_note(DOOMED_NOTE)
+
+
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     """The database backend of this test run: ``sqlite`` or ``postgresql``."""
@@ -117,11 +187,11 @@ def _worker_tag() -> str:
 
 
 class PostgresTestDatabase:
-    """A PostgreSQL database created for one test run and dropped after it."""
+    """A PostgreSQL database created for one test run (or xdist worker) and dropped after it."""
 
     def __init__(self, server_url: str) -> None:
         self.server_url = make_url(normalise_url(server_url))
-        self.name = f"myapp_test_{_worker_tag()}"
+        self.name = f"{PG_DATABASE_PREFIX}{_worker_tag()}"
         self.url = self.server_url.set(database=self.name)
 
     def _admin(self) -> Engine:
@@ -130,6 +200,7 @@ class PostgresTestDatabase:
         )
 
     def create(self) -> str:
+        """Create the database; return its URL (password included)."""
         admin = self._admin()
         try:
             with admin.connect() as conn:
@@ -144,6 +215,7 @@ class PostgresTestDatabase:
         return self.url.render_as_string(hide_password=False)
 
     def drop(self) -> None:
+        """Drop the database, closing whatever connections remain on it."""
         admin = self._admin()
         try:
             with admin.connect() as conn:
@@ -163,13 +235,15 @@ def dbengine(
         url = pg.create()
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}"
-    engine = create_engine_for(url, pool_size=5, max_overflow=10)
     try:
-        with engine.begin() as conn:
-            run_migrations(conn)
-        yield engine
+        engine = create_engine_for(url, pool_size=5, max_overflow=10)
+        try:
+            with engine.begin() as conn:
+                run_migrations(conn)
+            yield engine
+        finally:
+            engine.dispose()
     finally:
-        engine.dispose()
         if pg is not None:
             pg.drop()
 
@@ -182,7 +256,7 @@ def app_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     if os.path.exists(path):
         import plaster
 
-        return dict(plaster.get_settings(path, "main"))
+        return dict(plaster.get_loader(path, protocols=["wsgi"]).get_wsgi_app_settings())
     return {"myapp.env": "testing"}
 
 
@@ -202,6 +276,89 @@ def app(database: Database, app_settings: dict[str, Any]) -> Any:
     return main({}, **settings)
 
 
+# ---------------------------------------------------------------------------
+# the leak guard's connection tracker
+
+_SQLALCHEMY_DIR = os.path.dirname(sqlalchemy.__file__)
+_HERE = __file__
+
+
+def _caller() -> tuple[str, int, str]:
+    """Where the code that checked a connection out lives (first frame outside SQLAlchemy).
+
+    Cheap on purpose (it runs on every checkout): the location is formatted
+    only when a leak is reported.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if not code.co_filename.startswith(_SQLALCHEMY_DIR) and code.co_filename != _HERE:
+            return code.co_filename, frame.f_lineno, code.co_name
+        frame = frame.f_back
+    return "<unknown>", 0, "?"
+
+
+def _format_location(location: tuple[str, int, str]) -> str:
+    filename, lineno, name = location
+    try:
+        filename = os.path.relpath(filename)
+    except ValueError:  # another drive (Windows)
+        pass
+    return f"{filename}:{lineno} in {name}"
+
+
+class ConnectionTracker:
+    """Which pooled connections of an engine are checked out, and where from.
+
+    Installed once per engine (two pool listeners). :func:`isolated_db`
+    compares the checked-out set before and after a test; whatever the test
+    left checked out is reported and invalidated (closed and returned to the
+    pool), so a leak fails one test instead of starving the rest of the run.
+    """
+
+    _trackers: weakref.WeakKeyDictionary[Engine, ConnectionTracker] = weakref.WeakKeyDictionary()
+
+    def __init__(self, engine: Engine) -> None:
+        self.out: dict[Any, tuple[weakref.ref[Any], tuple[str, int, str]]] = {}
+        event.listen(engine, "checkout", self._checkout)
+        event.listen(engine, "checkin", self._checkin)
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> ConnectionTracker:
+        tracker = cls._trackers.get(engine)
+        if tracker is None:
+            tracker = cls._trackers[engine] = cls(engine)
+        return tracker
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        self.out[record] = (weakref.ref(proxy), _caller())
+
+    def _checkin(self, dbapi_connection: Any, record: Any) -> None:
+        self.out.pop(record, None)
+
+    def snapshot(self) -> frozenset[Any]:
+        return frozenset(self.out)
+
+    def reclaim_since(self, before: frozenset[Any]) -> list[str]:
+        """Invalidate the connections checked out since ``before``; return where they came from."""
+        leaked = []
+        for record in [r for r in self.out if r not in before]:
+            ref, where = self.out.pop(record)
+            leaked.append(_format_location(where))
+            fairy = ref()
+            if fairy is not None and fairy.dbapi_connection is not None:
+                fairy.invalidate()  # closes the DBAPI connection and checks the slot back in
+        return leaked
+
+
+# ---------------------------------------------------------------------------
+# per-test isolation
+
+
+class LeakError(AssertionError):
+    """A test left a connection checked out or a unit of work open (the leak guard)."""
+
+
 class TestDB:
     """What the ``db`` fixture yields: ``db.session`` as in the seeds, and friends."""
 
@@ -215,6 +372,7 @@ class TestDB:
 
     @property
     def session(self) -> Any:
+        """The test's session (the current scope's): ``commit()`` releases a savepoint."""
         return self.scope.session
 
     @property
@@ -230,79 +388,153 @@ class TestDB:
         self.session.commit()
 
     def rollback(self) -> None:
+        """Discard the test's uncommitted work (back to the last savepoint)."""
         self.session.rollback()
 
 
-class _RequestThread:
+class RequestThread:
     """Runs WSGI calls on one worker thread, as a real server would.
 
     The worker has its own thread-local transaction manager, so a request's
-    unit of work never collides with the test's own (possibly open) one.
+    unit of work never collides with the test's own (possibly open) one, and
+    the request goes through pyramid_tm exactly as in production.
     """
 
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="testapp")
+        self.used = False
 
     def run(self, fn: Callable[[], Any]) -> Any:
+        self.used = True
         return self.executor.submit(fn).result()
 
     def open_transaction(self) -> Any:
-        return self.run(lambda: current_transaction(get_tm()))
+        return self.executor.submit(lambda: current_transaction(get_tm())).result()
+
+    def abort(self) -> None:
+        self.executor.submit(lambda: get_tm().abort()).result()
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+_RequestThread = RequestThread  # the name tests/stack knew
+
+
+def _reset_factory_sequences() -> None:
+    factories = sys.modules.get("myapp.testing.factories")
+    if factories is not None:
+        factories.reset_sequences()
+
+
+@contextmanager
+def isolated_db(
+    database: Database,
+    *,
+    doomed: bool = False,
+    request_thread: RequestThread | None = None,
+    label: str = "the test",
+) -> Iterator[TestDB]:
+    """One isolated database for the ``with`` block (the ``db`` fixture's engine room).
+
+    Savepoint mode (default): the session factory is bound to one connection
+    inside an outer transaction with ``join_transaction_mode="create_savepoint"``;
+    the scope autobegins implicit units of work. Doomed mode: the session
+    joins the outer transaction directly, inside one doomed transaction of
+    the manager. At exit everything is rolled back; if the block ended
+    normally, :class:`LeakError` names what it left behind (already cleaned up).
+    """
+    engine = database.engine
+    tracker = ConnectionTracker.for_engine(engine)
+    tm = get_tm()
+    if current_transaction(tm) is not None:
+        tm.abort()
+    _reset_factory_sequences()
+    before = tracker.snapshot()
+    connection = engine.connect()
+    factory = database.session_factory
+    saved = {key: factory.kw.get(key) for key in ("bind", "join_transaction_mode")}
+    problems: list[str] = []
+    try:
+        outer = connection.begin()
+        # doomed: the session works in the outer transaction itself (no savepoint)
+        factory.configure(
+            bind=connection,
+            join_transaction_mode="rollback_only" if doomed else "create_savepoint",
+        )
+        scope = Scope(factory, database=database, autobegin=not doomed, kind="test")
+        doomed_txn = None
+        if doomed:
+            doomed_txn = tm.begin()
+            doomed_txn.doom()
+        try:
+            with scope.activate():
+                yield TestDB(database, connection, scope, doomed)
+                txn = current_transaction(tm)
+                if txn is not None and not is_implicit(txn) and txn is not doomed_txn:
+                    problems.append(
+                        "left transaction.manager with an open unit of work (begun explicitly "
+                        "and never committed or aborted; it was aborted)"
+                    )
+                if request_thread is not None and request_thread.used:
+                    request_thread.used = False
+                    if request_thread.open_transaction() is not None:
+                        request_thread.abort()
+                        problems.append("a request left its transaction open (it was aborted)")
+        finally:
+            try:
+                if current_transaction(tm) is not None:
+                    tm.abort()
+            finally:
+                scope.close()
+                if outer.is_active:
+                    outer.rollback()
+    finally:
+        connection.close()
+        factory.configure(
+            bind=saved["bind"],
+            join_transaction_mode=saved["join_transaction_mode"] or "conditional_savepoint",
+        )
+        leaked = tracker.reclaim_since(before)
+        if leaked:
+            problems.append(
+                f"left {len(leaked)} connection(s) checked out (checked out at "
+                + "; ".join(leaked)
+                + "; invalidated and returned to the pool)"
+            )
+    if problems:
+        raise LeakError(f"leak guard: {label} " + "; ".join(problems))
 
 
 @pytest.fixture(scope="session")
-def request_thread() -> Iterator[_RequestThread]:
-    worker = _RequestThread()
+def request_thread() -> Iterator[RequestThread]:
+    """The worker thread that runs ``testapp``'s requests."""
+    worker = RequestThread()
     yield worker
-    worker.executor.shutdown(wait=True)
+    worker.shutdown()
 
 
 @pytest.fixture
 def db(
-    request: pytest.FixtureRequest, database: Database, request_thread: _RequestThread
+    request: pytest.FixtureRequest, database: Database, request_thread: RequestThread
 ) -> Iterator[TestDB]:
-    """One isolated database per test; ``db.session`` may commit and roll back freely."""
+    """One isolated database per test; ``db.session`` may commit and roll back freely.
+
+    With ``@pytest.mark.doomed`` the test runs in one doomed transaction
+    instead (faster; any commit fails). After the test, the leak guard fails
+    it, naming it, if it left a connection checked out or a unit of work open.
+    """
     doomed = request.node.get_closest_marker("doomed") is not None
-    engine = database.engine
-    tm = get_tm()
-    if current_transaction(tm) is not None:
-        tm.abort()
-    connection = engine.connect()
-    outer = connection.begin()
-    factory = database.session_factory
-    if doomed:
-        factory.configure(bind=connection, join_transaction_mode="conservative_savepoint")
-    else:
-        factory.configure(bind=connection, join_transaction_mode="create_savepoint")
-    scope = Scope(factory, database=database, autobegin=not doomed, kind="test")
-    if doomed:
-        txn = tm.begin()
-        txn.doom()
-    testdb = TestDB(database, connection, scope, doomed)
-    problems: list[str] = []
+    leak = None
     try:
-        with scope.activate():
+        with isolated_db(
+            database, doomed=doomed, request_thread=request_thread, label=request.node.nodeid
+        ) as testdb:
             yield testdb
-            txn = current_transaction(tm)
-            if txn is not None and not is_implicit(txn) and not doomed:
-                problems.append("a unit of work is still open in the test's transaction manager")
-            if request_thread.open_transaction() is not None:
-                problems.append("a request left its transaction open")
-    finally:
-        if current_transaction(tm) is not None:
-            tm.abort()
-        scope.close()
-        checked_out = engine.pool.checkedout()
-        if checked_out > 1:
-            problems.append(
-                f"{checked_out - 1} connection(s) still checked out besides the fixture's"
-            )
-        if outer.is_active:
-            outer.rollback()
-        connection.close()
-        factory.configure(bind=engine, join_transaction_mode="conservative_savepoint")
-    if problems:
-        pytest.fail(f"{request.node.nodeid} leaked: " + "; ".join(problems), pytrace=False)
+    except LeakError as exc:
+        leak = str(exc)
+    if leak is not None:
+        pytest.fail(leak, pytrace=False)
 
 
 @pytest.fixture
@@ -317,17 +549,8 @@ def tm(db: TestDB) -> Any:
     return get_tm()
 
 
-@pytest.fixture
-def testapp(app: Any, db: TestDB, request_thread: _RequestThread) -> Any:
-    """A WebTest ``TestApp`` through the real pyramid_tm tween, on the test's connection.
-
-    A failing request is really rolled back; a successful one is visible to
-    the next request and to the test; all of it vanishes after the test.
-    """
-    import webtest
-
-    if db.doomed:
-        pytest.fail("testapp cannot run in the doomed mode: requests commit", pytrace=False)
+def threaded_wsgi(app: Any, request_thread: RequestThread) -> Callable[..., list[bytes]]:
+    """Wrap ``app`` so that every call runs on ``request_thread`` (as a server thread would)."""
 
     def threaded_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         def call() -> list[bytes]:
@@ -341,7 +564,27 @@ def testapp(app: Any, db: TestDB, request_thread: _RequestThread) -> Any:
 
         return request_thread.run(call)
 
-    return webtest.TestApp(threaded_app, extra_environ={"HTTP_HOST": "example.com"})
+    return threaded_app
+
+
+@pytest.fixture
+def testapp(app: Any, db: TestDB, request_thread: RequestThread) -> Any:
+    """A WebTest ``TestApp`` through the real pyramid_tm tween, on the test's connection.
+
+    Each request runs on a worker thread with its own transaction manager. A
+    failing request is really rolled back (to a savepoint); a successful one
+    is visible to the next request and to the test; all of it vanishes after
+    the test.
+    """
+    import webtest
+
+    if db.doomed:
+        pytest.fail(
+            "testapp cannot run in the @pytest.mark.doomed mode: requests commit", pytrace=False
+        )
+    return webtest.TestApp(
+        threaded_wsgi(app, request_thread), extra_environ={"HTTP_HOST": "example.com"}
+    )
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from myapp.db import Database, create_engine_for
 from myapp.db.bridge import current_transaction, get_tm
 from myapp.models import Item
+from myapp.testing.plugin import threaded_wsgi
 
 ITEMS = Item.__table__
 
@@ -61,20 +62,9 @@ def add_view(config: Configurator, path: str, view: Callable[..., Any], **option
 
 def threaded(app: Any, request_thread: Any) -> webtest.TestApp:
     """A WebTest app whose requests run on the ``request_thread`` worker (like the plugin's)."""
-
-    def threaded_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        def call() -> list[bytes]:
-            result = app(environ, start_response)
-            try:
-                return list(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-
-        return request_thread.run(call)
-
-    return webtest.TestApp(threaded_app, extra_environ={"HTTP_HOST": "example.com"})
+    return webtest.TestApp(
+        threaded_wsgi(app, request_thread), extra_environ={"HTTP_HOST": "example.com"}
+    )
 
 
 class RealStack:

@@ -27,6 +27,7 @@ from myapp.db import Database, create_engine_for
 from myapp.db.bridge import current_transaction, get_tm
 from myapp.db.scope import active_scope
 from myapp.models import Event, Item
+from myapp.testing.plugin import threaded_wsgi
 
 WRITE = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(insert|update|delete|with)\b", re.IGNORECASE | re.DOTALL)
 
@@ -170,18 +171,8 @@ def make_app(
             config.add_view(view, route_name=name, renderer="json")
     wsgi = config.make_wsgi_app()
 
-    def threaded(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        def call() -> list[bytes]:
-            result = wsgi(environ, start_response)
-            try:
-                return list(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-
-        return request_thread.run(call)
-
-    app = webtest.TestApp(threaded, extra_environ={"HTTP_HOST": "example.com"})
+    app = webtest.TestApp(
+        threaded_wsgi(wsgi, request_thread), extra_environ={"HTTP_HOST": "example.com"}
+    )
     app.registry = config.registry
     return app

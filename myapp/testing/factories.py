@@ -1,0 +1,129 @@
+"""factory_boy factories for the dispatch domain, wired to the current test session.
+
+Every factory asks :func:`myapp.db.current_session` for its session when it
+creates an object, so inside a test it writes through ``db.session`` (the
+``db`` fixture's scope), and persists with a **flush**: the object gets its
+id, and the test decides when to commit (``db.session.commit()``,
+``persisted_fixture``, ``ensure_committed``).
+
+Values are deterministic: the ``db`` fixture resets the sequences before
+every test, so the first company of every test is "Company 1", whatever
+order the tests run in. (Primary keys come from the database: on
+PostgreSQL its sequences are not rolled back, so do not hard-code ids.)
+Pickup times start at :data:`BASE_PICKUP_TIME`, far in the future so that
+``engine.run()`` with its default ``now`` treats them as upcoming, and
+advance 30 minutes per booking.
+
+Related objects: pass objects (``company=company``, ``driver=driver``) or
+ids (``company_id=...``); a booking given a driver belongs to the driver's
+company and is ``assigned`` unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import factory
+from factory.alchemy import SQLAlchemyModelFactory
+
+from myapp.db import current_session
+from myapp.models import Booking, Company, Driver, Invoice
+
+#: the first booking's pickup time; each further booking is 30 minutes later
+BASE_PICKUP_TIME = datetime(2040, 1, 2, 8, 0, tzinfo=UTC)
+
+# relationship/foreign-key arguments left at None are not passed to the model:
+# Booking(driver=None, driver_id=5) would be ambiguous
+_DROP_IF_NONE = ("company", "company_id", "driver")
+
+
+class _DispatchFactory(SQLAlchemyModelFactory):
+    class Meta:
+        abstract = True
+        sqlalchemy_session_factory = current_session
+        sqlalchemy_session_persistence = "flush"
+
+    @classmethod
+    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        return {k: v for k, v in kwargs.items() if not (v is None and k in _DROP_IF_NONE)}
+
+
+class CompanyFactory(_DispatchFactory):
+    class Meta:
+        model = Company
+
+    name = factory.Sequence(lambda n: f"Company {n + 1}")
+
+
+class DriverFactory(_DispatchFactory):
+    class Meta:
+        model = Driver
+
+    company_id = None
+    company = factory.Maybe("company_id", None, factory.SubFactory(CompanyFactory))
+    name = factory.Sequence(lambda n: f"Driver {n + 1}")
+    active = True
+
+
+class BookingFactory(_DispatchFactory):
+    class Meta:
+        model = Booking
+
+    driver = None
+    driver_id = None
+    company_id = None
+    company = factory.Maybe(
+        "company_id",
+        None,
+        factory.Maybe(
+            "driver", factory.SelfAttribute("driver.company"), factory.SubFactory(CompanyFactory)
+        ),
+    )
+    pickup_time = factory.Sequence(lambda n: BASE_PICKUP_TIME + timedelta(minutes=30 * n))
+    pickup_address = factory.Sequence(lambda n: f"{n + 1} rue du Départ, Lausanne")
+    dropoff_address = factory.Sequence(lambda n: f"{n + 1} avenue de l'Arrivée, Genève")
+    status = factory.Maybe(
+        factory.LazyAttribute(lambda o: o.driver is not None or o.driver_id is not None),
+        "assigned",
+        "pending",
+    )
+
+
+class InvoiceFactory(_DispatchFactory):
+    """An invoice for a completed booking (with a driver) of the booking's company and month."""
+
+    class Meta:
+        model = Invoice
+
+    booking = factory.SubFactory(
+        BookingFactory, status="completed", driver=factory.SubFactory(DriverFactory)
+    )
+    company_id = factory.LazyAttribute(lambda o: o.booking.company_id)
+    amount = factory.Sequence(lambda n: Decimal("40.00") + n)
+    period = factory.LazyAttribute(lambda o: o.booking.pickup_time.strftime("%Y-%m"))
+
+
+FACTORIES: tuple[type[SQLAlchemyModelFactory], ...] = (
+    CompanyFactory,
+    DriverFactory,
+    BookingFactory,
+    InvoiceFactory,
+)
+
+
+def reset_sequences() -> None:
+    """Restart every factory's sequence (the ``db`` fixture calls this before each test)."""
+    for factory_class in FACTORIES:
+        factory_class.reset_sequence()
+
+
+__all__ = [
+    "BASE_PICKUP_TIME",
+    "BookingFactory",
+    "CompanyFactory",
+    "DriverFactory",
+    "InvoiceFactory",
+    "reset_sequences",
+]
