@@ -3,6 +3,10 @@
 Rules the database enforces: a driver never has two bookings at the same
 pickup time (unique ``(driver_id, pickup_time)``), and a booking is invoiced
 at most once (unique ``invoices.booking_id``).
+
+A company's API token is stored only as its SHA-256 (``companies.api_token_hash``,
+unique); see :mod:`myapp.api.tokens`. ``DispatchRun`` records what each dispatch
+triggered from the API or the dashboard did (the dashboard's "last dispatch").
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Numeric, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from myapp.db import BaseModel, UTCDateTime
@@ -33,6 +46,8 @@ class Company(BaseModel):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    #: SHA-256 (hex) of the company's API token; the token itself is never stored.
+    api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
 
     drivers: Mapped[list[Driver]] = relationship(back_populates="company")
 
@@ -109,4 +124,36 @@ class Invoice(BaseModel):
             "booking_id": self.booking_id,
             "amount": str(self.amount),
             "period": self.period,
+        }
+
+
+class DispatchRun(BaseModel):
+    """What one dispatch triggered from the API or the dashboard did (written after it committed).
+
+    ``details`` holds ``{"assigned": [{"booking_id", "driver_id"}, ...],
+    "unassigned": [{"booking_id", "reason"}, ...]}``.
+    """
+
+    __tablename__ = "dispatch_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    assigned_count: Mapped[int] = mapped_column(Integer, default=0)
+    unassigned_count: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: where the dispatch was triggered: "api" or "dashboard"
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "company_id": self.company_id,
+            "ran_at": self.created.isoformat(),
+            "assigned_count": self.assigned_count,
+            "unassigned_count": self.unassigned_count,
+            "reason": self.reason,
+            "source": self.source,
+            "assigned": list(self.details.get("assigned", [])),
+            "unassigned": list(self.details.get("unassigned", [])),
         }

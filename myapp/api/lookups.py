@@ -1,0 +1,69 @@
+"""Loading a company's objects for a view: another company's ids are simply not found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyramid.httpexceptions import HTTPNotFound
+from pyramid.request import Request
+from sqlalchemy import select
+
+from myapp.models import Booking, Company, Driver
+
+from .errors import BadField, Conflict
+
+
+def path_id(request: Request, name: str) -> int:
+    """A validated integer path parameter."""
+    return int(request.openapi_validated.parameters.path[name])
+
+
+def body(request: Request) -> dict[str, Any]:
+    """The validated JSON body (an empty dict for operations without one)."""
+    return dict(request.openapi_validated.body or {})
+
+
+def company_or_404(request: Request) -> Company:
+    stmt = select(Company).where(Company.id == path_id(request, "company_id"))
+    company = request.dbsession.scalars(stmt).first()
+    if company is None:
+        raise HTTPNotFound()
+    return company
+
+
+def driver_or_404(request: Request, company_id: int) -> Driver:
+    stmt = select(Driver).where(
+        Driver.id == path_id(request, "driver_id"), Driver.company_id == company_id
+    )
+    driver = request.dbsession.scalars(stmt).first()
+    if driver is None:
+        raise HTTPNotFound()
+    return driver
+
+
+def booking_or_404(request: Request, company_id: int, *, lock: bool = False) -> Booking:
+    """The company's booking named by ``{booking_id}``; ``lock``: SELECT ... FOR UPDATE.
+
+    Locking (PostgreSQL) makes a status change wait for a dispatcher holding the
+    row, instead of deciding on a status that is about to change.
+    """
+    stmt = select(Booking).where(
+        Booking.id == path_id(request, "booking_id"), Booking.company_id == company_id
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    booking = request.dbsession.scalars(stmt).first()
+    if booking is None:
+        raise HTTPNotFound()
+    return booking
+
+
+def assignable_driver(request: Request, company_id: int, driver_id: int) -> Driver:
+    """A driver of this company who may take bookings: 400 if unknown here, 409 if inactive."""
+    stmt = select(Driver).where(Driver.id == driver_id, Driver.company_id == company_id)
+    driver = request.dbsession.scalars(stmt).first()
+    if driver is None:
+        raise BadField("driver_id", f"no driver {driver_id} in this company")
+    if not driver.active:
+        raise Conflict(f"driver {driver_id} is inactive and cannot take bookings")
+    return driver

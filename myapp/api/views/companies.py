@@ -1,0 +1,59 @@
+"""Companies: admin CRUD, a company reads itself and rotates its own token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyramid.request import Request
+from sqlalchemy import select
+
+from myapp.models import Company
+
+from ..lookups import body, company_or_404
+from ..pagination import paginate
+from ..tokens import new_token_and_hash
+from . import api_view
+
+
+def serialize_company(company: Company) -> dict[str, Any]:
+    return {"id": company.id, "name": company.name}
+
+
+@api_view(route_name="api.companies", request_method="GET", permission="admin")
+def list_companies(request: Request) -> dict[str, Any]:
+    return paginate(request, select(Company).order_by(Company.id), serialize_company)
+
+
+@api_view(route_name="api.companies", request_method="POST", permission="admin")
+def create_company(request: Request) -> dict[str, Any]:
+    data = body(request)
+    token, token_hash = new_token_and_hash()
+    company = Company(name=data["name"].strip(), api_token_hash=token_hash)
+    request.dbsession.add(company)
+    request.dbsession.flush()
+    request.response.status = 201
+    request.response.location = request.route_url("api.company", company_id=company.id)
+    return {**serialize_company(company), "api_token": token}
+
+
+@api_view(route_name="api.company", request_method="GET", permission="company")
+def get_company(request: Request) -> dict[str, Any]:
+    return serialize_company(company_or_404(request))
+
+
+@api_view(route_name="api.company", request_method="PATCH", permission="admin")
+def update_company(request: Request) -> dict[str, Any]:
+    company = company_or_404(request)
+    data = body(request)
+    if "name" in data:
+        company.name = data["name"].strip()
+    request.dbsession.flush()
+    return serialize_company(company)
+
+
+@api_view(route_name="api.company_token", request_method="POST", permission="company")
+def rotate_token(request: Request) -> dict[str, Any]:
+    company = company_or_404(request)
+    token, company.api_token_hash = new_token_and_hash()
+    request.dbsession.flush()
+    return {**serialize_company(company), "api_token": token}

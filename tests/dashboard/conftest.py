@@ -1,0 +1,221 @@
+"""Fixtures for the dashboard tests: the WebTest app, and a real server for the browser.
+
+``live_server`` runs ``pserve`` on a copy of development.ini (a free 127.0.0.1
+port, an admin token and a session secret added) against a database of its own:
+a SQLite file under tmp_path, or a fresh PostgreSQL database that is dropped
+afterwards. ``alembic upgrade head`` creates the schema first, as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_helpers import Company, make_company
+from sqlalchemy.engine import Engine
+
+from myapp.api.tokens import hash_token, new_token
+from myapp.db import create_engine_for
+from myapp.testing.plugin import PostgresTestDatabase
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SESSION_SECRET = "dashboard-tests-session-secret-0123456789abcdef"
+
+
+# --- the in-process app (WebTest) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    return new_token()
+
+
+@pytest.fixture(scope="session")
+def app(database: Any, app_settings: dict[str, Any], admin_token: str) -> Any:
+    """The toolkit's ``app``, configured with an admin token and a session secret."""
+    from myapp import main
+
+    settings = dict(app_settings)
+    settings["myapp.database"] = database
+    settings["myapp.admin_token_hash"] = hash_token(admin_token)
+    settings["myapp.session_secret"] = SESSION_SECRET
+    return main({}, **settings)
+
+
+@pytest.fixture
+def acme(db: Any) -> Company:
+    return make_company(db, "Acme Cabs")
+
+
+@pytest.fixture
+def globex(db: Any) -> Company:
+    return make_company(db, "Globex Taxis")
+
+
+# --- a real server ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_ini(tmp: Path, port: int, sqlite_url: str, admin_hash: str) -> Path:
+    text = (ROOT / "development.ini").read_text()
+    for key, value in {
+        "sqlalchemy.url": sqlite_url,
+        "listen": f"127.0.0.1:{port}",
+        "script_location": "myapp:alembic",
+        "myapp.expose_errors": "false",
+        "myapp.session_secret": SESSION_SECRET,
+    }.items():
+        text, n = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", f"{key} = {value}", text)
+        assert n == 1, f"development.ini has no single {key} line"
+    extra = f"myapp.admin_token_hash = {admin_hash}\n"
+    text, n = re.subn(r"(?m)^use = egg:myapp\s*$", "use = egg:myapp\n" + extra, text)
+    assert n == 1
+    path = tmp / "server.ini"
+    path.write_text(text)
+    return path
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@dataclass
+class LiveServer:
+    """A running ``pserve``: its URL, the admin token, and an engine on its database."""
+
+    url: str
+    admin_token: str
+    engine: Engine
+    log: Path
+    backend: str
+    created: list[int] = field(default_factory=list)
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        """A real HTTP call to the API; returns ``(status, json)``."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {token or self.admin_token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: Any
+) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("live")
+    port = _free_port()
+    admin = new_token()
+    sqlite_url = f"sqlite:///{tmp / 'live.sqlite'}"
+    ini = _write_ini(tmp, port, sqlite_url, hash_token(admin))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MYAPP_ENV")}
+    env.pop("MYAPP_ADMIN_TOKEN_HASH", None)
+    env.pop("MYAPP_SESSION_SECRET", None)
+    pg = None
+    url = sqlite_url
+    if backend == "postgresql":
+        pg = PostgresTestDatabase(request.config.getoption("--dburl"))
+        url = env["DATABASE_URL"] = pg.create()
+    log = tmp / "pserve.log"
+    process = None
+    engine = None
+    try:
+        migrate = subprocess.run(
+            [str(BIN / "alembic"), "-c", str(ini), "upgrade", "head"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(BIN / "pserve"), str(ini)],
+                cwd=tmp,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"pserve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"pserve did not listen within 60 s:\n{log.read_text()}")
+                time.sleep(0.1)
+        engine = create_engine_for(url)
+        yield LiveServer(f"http://127.0.0.1:{port}", admin, engine, log, backend)
+    finally:
+        if process is not None:
+            _stop(process)
+        if engine is not None:
+            engine.dispose()
+        if pg is not None:
+            pg.drop()
+
+
+# --- the browser --------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by playwright; skipped with the reason when either is missing."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (CI installs it with .ci/install-browser)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
