@@ -1,0 +1,246 @@
+"""Database commands: ``initdb``, ``migrate`` (alembic) and ``check``.
+
+They manage their own transactions (``atomic = False``): alembic runs on a
+connection of the application's engine (so ``DATABASE_URL`` and the SQLite
+workaround apply) inside ``engine.begin()``, which commits the whole
+migration or, on error, rolls all of it back (DDL is transactional on
+PostgreSQL and, with myapp's workaround, on SQLite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic import command as alembic_command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from .base import Command, CommandContext, CommandError, connection_error_message, register
+
+#: Where the migrations ship inside the package (used when the ini's path does not resolve).
+PACKAGED_SCRIPTS = "myapp:alembic"
+
+
+def alembic_config(ctx: CommandContext) -> Config:
+    """An alembic ``Config`` read from the command's ini file (its ``[alembic]`` section).
+
+    A relative ``script_location`` is looked up in the current directory,
+    then next to the ini file; ``myapp/alembic`` falls back to the migrations
+    installed with the package, so ``myapp -c /etc/myapp.ini migrate`` works
+    from anywhere.
+    """
+    config = Config(ctx.config_file, stdout=ctx.stdout)
+    location = config.get_main_option("script_location")
+    if not location:
+        config.set_main_option("script_location", PACKAGED_SCRIPTS)
+    elif ":" not in location and not os.path.isabs(location) and not os.path.isdir(location):
+        beside_ini = os.path.join(os.path.dirname(ctx.config_file), location)
+        if os.path.isdir(beside_ini):
+            config.set_main_option("script_location", beside_ini)
+        elif os.path.normpath(location) == os.path.join("myapp", "alembic"):
+            config.set_main_option("script_location", PACKAGED_SCRIPTS)
+    return config
+
+
+def database_label(engine: Engine) -> str:
+    """The engine's URL with the password hidden."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def missing_sqlite_file(engine: Engine) -> str | None:
+    """The path of a SQLite file database that does not exist yet, else None."""
+    url = engine.url
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or os.path.exists(database):
+        return None
+    return database
+
+
+@contextmanager
+def migration_connection(ctx: CommandContext, config: Config) -> Iterator[Connection]:
+    """A connection in a transaction, handed to env.py; committed if the block succeeds."""
+    engine: Engine = ctx.db.engine
+    try:
+        connection = engine.connect()
+    except DBAPIError as exc:
+        raise CommandError(connection_error_message(exc, engine)) from exc
+    try:
+        with connection.begin():
+            config.attributes["connection"] = connection
+            yield connection
+    finally:
+        config.attributes.pop("connection", None)
+        connection.close()
+
+
+def current_heads(connection: Connection) -> tuple[str, ...]:
+    """The revisions the database is at (empty: never migrated)."""
+    return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
+def describe_heads(heads: tuple[str, ...]) -> str:
+    return ", ".join(heads) if heads else "(empty)"
+
+
+def pending_revisions(script: ScriptDirectory, heads: tuple[str, ...]) -> list[str]:
+    """The revisions between the database's ``heads`` and the code's heads, newest first."""
+    known = {rev.revision for rev in script.walk_revisions()}
+    unknown = [rev for rev in heads if rev not in known]
+    if unknown:
+        raise CommandError(
+            f"the database is at revision {', '.join(unknown)}, which this code does not know "
+            "(was it migrated by a newer version?)"
+        )
+    return [rev.revision for rev in script.iterate_revisions(tuple(script.get_heads()), heads)]
+
+
+def upgrade(ctx: CommandContext, revision: str = "heads") -> None:
+    """Upgrade the database to ``revision`` and say what changed."""
+    config = alembic_config(ctx)
+    with migration_connection(ctx, config) as connection:
+        before = current_heads(connection)
+        alembic_command.upgrade(config, revision)
+        after = current_heads(connection)
+    label = database_label(ctx.db.engine)
+    if before == after:
+        ctx.out(f"{label}: already at {describe_heads(after)}, nothing to do")
+    else:
+        ctx.out(f"{label}: upgraded {describe_heads(before)} -> {describe_heads(after)}")
+
+
+@register
+class InitDB(Command):
+    name = "initdb"
+    help = "Create the database (and the SQLite file) and migrate it to the latest schema"
+    description = (
+        "Create the database schema by running every alembic migration up to head. "
+        "For SQLite the file and its directory are created. Running it again is harmless."
+    )
+    atomic = False
+
+    def handle(self, ctx: CommandContext, **options: Any) -> None:
+        upgrade(ctx, "heads")
+
+
+@register
+class Migrate(Command):
+    name = "migrate"
+    help = "Run alembic migrations: upgrade (default), downgrade, current, history, revision"
+    description = """
+        Alembic, configured from the same ini file (its [alembic] section) and connected
+        to the application's database (DATABASE_URL wins over sqlalchemy.url). Each action
+        runs in one database transaction: a failing migration leaves nothing behind.
+
+        examples:
+          myapp migrate                          upgrade to the latest revision
+          myapp migrate downgrade -1             undo the last migration
+          myapp migrate revision -m "add x" --autogenerate
+          myapp migrate check                    fail if the models and migrations differ
+        """
+    atomic = False
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action")
+        up = actions.add_parser("upgrade", help="upgrade to REV (default: head)")
+        up.add_argument("revision", nargs="?", default="heads", metavar="REV")
+        down = actions.add_parser("downgrade", help="downgrade to REV (e.g. -1, base, a revision)")
+        down.add_argument("revision", metavar="REV")
+        actions.add_parser("current", help="show the database's revision (-v: details)")
+        history = actions.add_parser("history", help="list the migrations (-v: details)")
+        history.add_argument("-r", "--rev-range", metavar="RANGE", help="e.g. base:head, -2:")
+        revision = actions.add_parser("revision", help="create a new migration file")
+        revision.add_argument("-m", "--message", required=True, help="what the migration does")
+        revision.add_argument(
+            "--autogenerate",
+            action="store_true",
+            help="compare the models with the database and write the operations",
+        )
+        actions.add_parser("check", help="fail if the models differ from the migrated database")
+        stamp = actions.add_parser("stamp", help="record REV as applied without running anything")
+        stamp.add_argument("revision", metavar="REV")
+
+    def handle(self, ctx: CommandContext, *, action: str | None = None, **options: Any) -> None:
+        action = action or "upgrade"
+        if action == "upgrade":
+            upgrade(ctx, options.get("revision") or "heads")
+            return
+        config = alembic_config(ctx)
+        if action == "history":  # needs only the scripts
+            alembic_command.history(config, rev_range=options.get("rev_range"), verbose=ctx.verbose)
+            return
+        if action == "revision" and not options.get("autogenerate"):
+            self._revision(ctx, config, options["message"], autogenerate=False)
+            return
+        with migration_connection(ctx, config) as connection:
+            if action == "downgrade":
+                before = current_heads(connection)
+                alembic_command.downgrade(config, options["revision"])
+                after = current_heads(connection)
+                ctx.out(
+                    f"{database_label(ctx.db.engine)}: downgraded "
+                    f"{describe_heads(before)} -> {describe_heads(after)}"
+                )
+            elif action == "current":
+                alembic_command.current(config, verbose=ctx.verbose)
+                if not current_heads(connection):
+                    ctx.out("(empty: no migration applied; run 'myapp initdb')")
+            elif action == "revision":
+                self._revision(ctx, config, options["message"], autogenerate=True)
+            elif action == "check":
+                alembic_command.check(config)
+            elif action == "stamp":
+                alembic_command.stamp(config, options["revision"])
+                ctx.out(f"stamped {describe_heads(current_heads(connection))}")
+            else:  # pragma: no cover - argparse restricts the choices
+                raise CommandError(f"unknown migrate action {action!r}")
+
+    @staticmethod
+    def _revision(ctx: CommandContext, config: Config, message: str, *, autogenerate: bool) -> None:
+        scripts = alembic_command.revision(config, message=message, autogenerate=autogenerate)
+        for script in scripts if isinstance(scripts, list) else [scripts]:
+            if script is not None:
+                ctx.out(f"created {script.path}")
+
+
+@register
+class Check(Command):
+    name = "check"
+    help = "Check the database: reachable, and no migration pending"
+    description = (
+        "Connect to the database and compare its alembic revision with the code's. "
+        "Exit status 1 if the database is unreachable or migrations are pending."
+    )
+    atomic = False
+
+    def handle(self, ctx: CommandContext, **options: Any) -> None:
+        config = alembic_config(ctx)
+        script = ScriptDirectory.from_config(config)
+        engine = ctx.db.engine
+        label = database_label(engine)
+        missing = missing_sqlite_file(engine)
+        if missing:  # connecting would create an empty file
+            raise CommandError(
+                f"cannot connect to the database {label}: the file {missing} does not exist; "
+                "run 'myapp initdb'"
+            )
+        with migration_connection(ctx, config) as connection:
+            connection.exec_driver_sql("SELECT 1")
+            heads = current_heads(connection)
+        ctx.out(f"database: ok ({label})")
+        pending = pending_revisions(script, heads)
+        if pending:
+            raise CommandError(
+                f"{len(pending)} migration(s) pending: the database is at "
+                f"{describe_heads(heads)}, the code at {', '.join(script.get_heads())}; "
+                "run 'myapp migrate' (or 'myapp initdb')"
+            )
+        ctx.out(f"migrations: up to date ({describe_heads(heads)})")

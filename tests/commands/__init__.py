@@ -1,0 +1,1 @@
+"""Tests of the ``myapp`` command line (myapp.commands)."""
