@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from myapp.api.tokens import hash_token, new_token
 from myapp.db import create_engine_for
-from myapp.testing.plugin import PostgresTestDatabase
+from myapp.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -68,41 +64,6 @@ def globex(db: Any) -> Company:
 # --- a real server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _write_ini(tmp: Path, port: int, sqlite_url: str, admin_hash: str) -> Path:
-    text = (ROOT / "development.ini").read_text()
-    for key, value in {
-        "sqlalchemy.url": sqlite_url,
-        "listen": f"127.0.0.1:{port}",
-        "script_location": "myapp:alembic",
-        "myapp.expose_errors": "false",
-        "myapp.session_secret": SESSION_SECRET,
-    }.items():
-        text, n = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", f"{key} = {value}", text)
-        assert n == 1, f"development.ini has no single {key} line"
-    extra = f"myapp.admin_token_hash = {admin_hash}\n"
-    text, n = re.subn(r"(?m)^use = egg:myapp\s*$", "use = egg:myapp\n" + extra, text)
-    assert n == 1
-    path = tmp / "server.ini"
-    path.write_text(text)
-    return path
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
-
-
 @dataclass
 class LiveServer:
     """A running ``pserve``: its URL, the admin token, and an engine on its database."""
@@ -133,60 +94,24 @@ class LiveServer:
 def live_server(
     backend: str, request: pytest.FixtureRequest, tmp_path_factory: Any
 ) -> Iterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("live")
-    port = _free_port()
     admin = new_token()
-    sqlite_url = f"sqlite:///{tmp / 'live.sqlite'}"
-    ini = _write_ini(tmp, port, sqlite_url, hash_token(admin))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MYAPP_ENV")}
-    env.pop("MYAPP_ADMIN_TOKEN_HASH", None)
-    env.pop("MYAPP_SESSION_SECRET", None)
-    pg = None
-    url = sqlite_url
-    if backend == "postgresql":
-        pg = PostgresTestDatabase(request.config.getoption("--dburl"))
-        url = env["DATABASE_URL"] = pg.create()
-    log = tmp / "pserve.log"
-    process = None
-    engine = None
-    try:
-        migrate = subprocess.run(
-            [str(BIN / "alembic"), "-c", str(ini), "upgrade", "head"],
-            cwd=tmp,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(BIN / "pserve"), str(ini)],
-                cwd=tmp,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"pserve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"pserve did not listen within 60 s:\n{log.read_text()}")
-                time.sleep(0.1)
-        engine = create_engine_for(url)
-        yield LiveServer(f"http://127.0.0.1:{port}", admin, engine, log, backend)
-    finally:
-        if process is not None:
-            _stop(process)
-        if engine is not None:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("live"),
+        backend=backend,
+        dburl=request.config.getoption("--dburl"),
+        settings={
+            "myapp.expose_errors": "false",
+            "myapp.session_secret": SESSION_SECRET,
+            "myapp.admin_token_hash": hash_token(admin),
+        },
+        sqlite_file="live.sqlite",
+    )
+    with server:
+        engine = create_engine_for(server.database_url)
+        try:
+            yield LiveServer(server.url, admin, engine, server.log_path, backend)
+        finally:
             engine.dispose()
-        if pg is not None:
-            pg.drop()
 
 
 # --- the browser --------------------------------------------------------------------------------
