@@ -9,13 +9,8 @@ subprocess through ``DATABASE_URL``, as in production; the ini's own
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,95 +19,21 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from myapp.db import create_engine_for
+from myapp.testing.cli import (  # noqa: F401  (re-exported to the tests)
+    ROOT,
+    Result,
+    assert_one_error_line,
+    clean_environ,
+    myapp_command,
+    run_myapp,
+    write_ini,
+)
 from myapp.testing.plugin import PostgresTestDatabase, run_migrations
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = Path(sys.executable).with_name("myapp")
-TIMEOUT = 120
-
-
-def myapp_command() -> list[str]:
-    """The installed console script, or ``python -m myapp.commands`` if it is missing."""
-    if SCRIPT.exists():
-        return [str(SCRIPT)]
-    return [sys.executable, "-m", "myapp.commands"]
-
-
-def clean_environ(**extra: str) -> dict[str, str]:
-    unset = ("DATABASE_URL", "MYAPP_ENV", "MYAPP_CONFIG")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    env.update(extra)
-    return env
-
-
-def write_ini(path: Path, sqlalchemy_url: str, script_location: str | None = None) -> Path:
-    """testing.ini with another ``sqlalchemy.url`` (and ``script_location``)."""
-    source = (ROOT / "testing.ini").read_text()
-    line = f"sqlalchemy.url = {sqlalchemy_url}"
-    source, n = re.subn(r"(?m)^sqlalchemy\.url\s*=.*$", line, source)
-    assert n == 1, "testing.ini has no sqlalchemy.url line"
-    if script_location is not None:
-        source, n = re.subn(
-            r"(?m)^script_location\s*=.*$", f"script_location = {script_location}", source
-        )
-        assert n == 1, "testing.ini has no script_location line"
-    path.write_text(source)
-    return path
 
 
 def decoy_url(tmp_path: Path) -> str:
     """The ini's URL on PostgreSQL runs: DATABASE_URL must win, so this file never appears."""
     return f"sqlite:///{tmp_path}/never-used.sqlite"
-
-
-@dataclass
-class Result:
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def stderr_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-    def __str__(self) -> str:
-        return (
-            f"$ myapp {' '.join(self.args)}\nexit {self.returncode}\n"
-            f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
-        )
-
-
-def assert_one_error_line(result: Result, returncode: int, *fragments: str) -> str:
-    """The command failed with ``returncode`` and ONE ``myapp: error:`` line, no traceback."""
-    assert result.returncode == returncode, result
-    assert "Traceback" not in result.stderr, result
-    assert len(result.stderr_lines) == 1, result
-    line = result.stderr_lines[0]
-    assert line.startswith("myapp: error: "), result
-    for fragment in fragments:
-        assert fragment in line, result
-    return line
-
-
-def run_myapp(
-    *args: str,
-    cwd: Path = ROOT,
-    env: dict[str, str] | None = None,
-    input: str | None = None,
-    prefix: list[str] | None = None,
-) -> Result:
-    argv = [*(prefix or myapp_command()), *args]
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=env if env is not None else clean_environ(),
-        input=input if input is not None else "",
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    return Result(list(args), proc.returncode, proc.stdout, proc.stderr)
 
 
 class Cli:
