@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[testing]"
+	$(BIN)/python -m pip install --quiet -e ".[testing,benchmarks]"
 	@touch $@
 
 install: $(BIN)/.installed

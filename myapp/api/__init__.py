@@ -57,6 +57,8 @@ def includeme(config: Configurator) -> None:
     except ValueError as exc:  # fail at startup, not on the first admin request
         raise ConfigurationError(str(exc)) from exc
     install_validation_cache()
+    # the input guard (413, invalid UTF-8, unstorable JSON) for every route of the app
+    config.include("myapp.views.guards")
     config.include("pyramid_openapi3")
     # pyramid_openapi3 puts its response-validation tween "over EXCVIEW", as
     # pyramid_tm does its own, with no order between them. Validation must run

@@ -6,7 +6,8 @@ calls the dispatch engine, whose durable unit of work commits the assignments
 by itself, then records a :class:`~myapp.models.dispatch.DispatchRun` in a
 second, short unit of work. The two commits are independent: if the second
 fails, the assignments stand (running the dispatch again is harmless: it only
-assigns what is still pending) and the error propagates.
+assigns what is still pending) and the error propagates. In maintenance mode it
+refuses (:class:`~myapp.db.MaintenanceMode`) before the engine takes any lock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from myapp.db import db_read_only, db_transaction
+from myapp.db import MaintenanceMode, current_scope, db_read_only, db_transaction
 from myapp.models.dispatch import DispatchRun
 from myapp.services import dispatch as engine
 
@@ -26,6 +27,13 @@ def dispatch_and_record(company_id: int, *, source: str) -> dict[str, Any] | Non
     """Dispatch ``company_id``; return the recorded run as JSON data (None: no such company)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}")
+    database = current_scope().database
+    if database is not None and database.maintenance:
+        reason = f" ({database.maintenance.reason})" if database.maintenance.reason else ""
+        raise MaintenanceMode(
+            f"the service is in read-only maintenance mode{reason}: the dispatch was refused "
+            "and nothing was written"
+        )
     result = engine.run(company_id)
     if result.reason == engine.COMPANY_NOT_FOUND:
         return None

@@ -14,12 +14,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from openapi_core.deserializing.media_types.exceptions import MediaTypeDeserializeError
+from openapi_core.templating.media_types.exceptions import MediaTypeNotFound
 from openapi_core.validation.request.exceptions import MissingRequestBodyError
 from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid_openapi3 import RequestValidationError, ResponseValidationError
 
 log = logging.getLogger(__name__)
+
+#: messages echo the offending value: long values are cut to this many characters
+MAX_MESSAGE = 300
 
 _REQUIRED = re.compile(r"^'(?P<name>[^']+)' is a required property$")
 _UNEXPECTED = re.compile(r"\((?P<names>'[^)]*') (?:was|were) unexpected\)")
@@ -107,6 +111,9 @@ def validation_error_items(errors: Iterable[Exception]) -> list[dict[str, str]]:
         if isinstance(cause, MediaTypeDeserializeError):
             items.append({"field": "body", "message": "the request body is not valid JSON"})
             continue
+        if isinstance(cause, MediaTypeNotFound):
+            items.append({"field": "body", "message": UNSUPPORTED_MEDIA_TYPE})
+            continue
         message = str(cause) if cause is not None else str(err)
         item = {"message": message}
         if name:
@@ -114,7 +121,18 @@ def validation_error_items(errors: Iterable[Exception]) -> list[dict[str, str]]:
         elif "body" in type(err).__name__.lower():
             item["field"] = "body"
         items.append(item)
+    for item in items:
+        item["message"] = _clip(item["message"])
     return items
+
+
+def _clip(message: str) -> str:
+    """Cut a message that echoes a long value (a 1 MB name) to :data:`MAX_MESSAGE` characters."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "\u2026"
+
+
+#: the message of a body sent with another content type than the operation accepts
+UNSUPPORTED_MEDIA_TYPE = "send the body as JSON, with Content-Type: application/json"
 
 
 def _json(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -124,16 +142,20 @@ def _json(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]
 
 
 def request_validation_error(exc: RequestValidationError, request: Request) -> dict[str, Any]:
-    """400 ``{"error": "<field>: <message>", "field": ..., "errors": [...]}``."""
-    items = validation_error_items(exc.errors) or [{"message": str(exc)}]
+    """400 ``{"error": "<field>: <message>", "field": ..., "errors": [...]}``.
+
+    415 (same body) when the only problem is the body's content type.
+    """
+    items = validation_error_items(exc.errors) or [{"message": _clip(str(exc))}]
     first = items[0]
     field = first.get("field")
     message = f"{field}: {first['message']}" if field else first["message"]
     body: dict[str, Any] = {"error": message, "errors": items}
     if field:
         body["field"] = field
-    log.info("%s %s: 400 %s", request.method, request.path, message)
-    return _json(request, 400, body)
+    status = 415 if all(i["message"] == UNSUPPORTED_MEDIA_TYPE for i in items) else 400
+    log.info("%s %s: %d %s", request.method, request.path, status, message)
+    return _json(request, status, body)
 
 
 def response_validation_error(exc: ResponseValidationError, request: Request) -> dict[str, Any]:

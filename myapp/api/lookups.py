@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pyramid.httpexceptions import HTTPNotFound
@@ -21,6 +22,18 @@ def path_id(request: Request, name: str) -> int:
 def body(request: Request) -> dict[str, Any]:
     """The validated JSON body (an empty dict for operations without one)."""
     return dict(request.openapi_validated.body or {})
+
+
+def utc_time(data: dict[str, Any], field: str) -> datetime:
+    """The validated date-time ``data[field]`` in UTC; 400 if it has no UTC equivalent.
+
+    ``9999-12-31T23:59:59-23:59`` is a valid RFC 3339 time whose UTC value is past
+    year 9999: Python cannot represent it (``OverflowError``).
+    """
+    try:
+        return data[field].astimezone(UTC)
+    except OverflowError:
+        raise BadField(field, "out of range: its UTC time must fall in years 1 to 9999") from None
 
 
 def company_or_404(request: Request) -> Company:

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from myapp.api.dispatching import dispatch_and_record
 from myapp.api.dispatching import last_run as last_dispatch_run
 from myapp.api.security import dashboard_login, dashboard_logout
+from myapp.db import MaintenanceMode
 from myapp.models import BOOKING_STATUSES, Booking, Company, Driver, Invoice
 
 TEMPLATES = "myapp:templates/"
@@ -223,4 +224,18 @@ def bad_csrf(exc: Exception, request: Request) -> dict[str, Any]:
         "title": "Form expired",
         "message": "This form has expired or did not come from this site; nothing was done. "
         "Reload the page and try again.",
+    }
+
+
+@exception_view_config(
+    MaintenanceMode, path_info=r"^/dashboard(/|$)", renderer=TEMPLATES + "dashboard_error.jinja2"
+)
+def maintenance(exc: MaintenanceMode, request: Request) -> dict[str, Any]:
+    """A form that would write while the service is read-only: a 503 page; nothing was done."""
+    request.response.status = 503
+    request.response.headers["Retry-After"] = "60"
+    return {
+        "title": "Maintenance",
+        "message": "The service is in read-only maintenance mode, so nothing was changed. "
+        "Reading works; try this again in a few minutes.",
     }

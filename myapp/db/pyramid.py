@@ -16,7 +16,13 @@
   checked out and the next request on this thread starts clean. pyramid_tm
   2.6 leaves the transaction open when a before-commit hook raises and when
   the commit fails (it renders the error with the exception view from its
-  commit handler and never aborts);
+  commit handler and never aborts). On SQLite it also begins the
+  transactions of POST/PUT/PATCH/DELETE requests with ``BEGIN IMMEDIATE``
+  (:func:`~myapp.db.engine.sqlite_write_intent`), so concurrent writers queue
+  on the busy timeout instead of failing with "database is locked";
+* request properties (``request.dbsession``, ``request.tm``, and those other
+  packages add) built into one request class at startup
+  (:func:`bake_request_properties`) instead of a new class per request;
 * :func:`tag_retryable` for catch-all error views. With a commit veto,
   pyramid_tm aborts an error response *before* it would tag the exception
   the exception view rendered, and it never tags errors raised by the
@@ -29,22 +35,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import transaction
 from pyramid.config import Configurator
+from pyramid.events import ApplicationCreated
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid_retry import is_last_attempt, mark_error_retryable
+from transaction._transaction import Status
 
 from .bridge import current_transaction, get_tm
+from .engine import sqlite_write_intent
 from .scope import Database, Scope
-from .units import is_transient
+from .units import is_disconnect, is_transient
 
 log = logging.getLogger("myapp.db")
 
 SCOPE_ATTR = "_myapp_db_scope"
+#: requests that should not write: their SQLite transactions begin deferred
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def manager_hook(request: Request) -> transaction.ThreadTransactionManager:
@@ -67,7 +79,8 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
     Before the request, a transaction left open on this thread by someone
     else is aborted (pyramid_tm would otherwise fail with AlreadyInTransaction).
     After it, whatever happened, a transaction still open is aborted and the
-    session closed: its connection goes back to the pool.
+    session closed: its connection goes back to the pool. Requests other than
+    GET/HEAD/OPTIONS run with :func:`~myapp.db.engine.sqlite_write_intent`.
     """
     db: Database = registry["db"]
 
@@ -81,8 +94,9 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
             tm.abort()
         scope = Scope(db.session_factory, database=db, autobegin=False, kind="request")
         setattr(request, SCOPE_ATTR, scope)
+        intent = sqlite_write_intent() if request.method not in SAFE_METHODS else nullcontext()
         try:
-            with scope.activate():
+            with scope.activate(), intent:
                 return handler(request)
         finally:
             try:
@@ -102,20 +116,66 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
     return db_guard_tween
 
 
+_MISSING = object()
+
+
+def bake_request_properties(event: ApplicationCreated) -> None:
+    """Give the router one request class with every request property on it, built once.
+
+    Pyramid applies the properties registered with ``add_request_method(...,
+    property=True/reify=True)`` (``dbsession`` and ``db`` here, ``tm`` from
+    pyramid_tm, ``openapi_validated`` from pyramid_openapi3) by creating a new
+    subclass of the request class for every request (``InstancePropertyHelper``):
+    about 5% of a small request (``docs/benchmarks.md``). Their definitions are
+    fixed once the application is created, so this subscriber puts them on one
+    subclass of the request factory, made here, and leaves the router only the
+    request *methods* to apply. The registry's extensions are left as they are:
+    requests made outside the router (``pyramid.scripting.prepare``,
+    ``apply_request_extensions`` in tests) get the properties the usual way.
+    Nothing happens when the request factory is not a class or there is nothing
+    to bake.
+    """
+    router = event.app
+    extensions = getattr(router, "request_extensions", None)
+    factory = getattr(router, "request_factory", None)
+    descriptors = getattr(extensions, "descriptors", None)
+    if not descriptors or not isinstance(factory, type):
+        return
+    attrs: dict[str, Any] = dict(descriptors)
+    attrs.setdefault("__module__", factory.__module__)
+    baked = type(factory.__name__, (factory,), attrs)
+    # as Pyramid does for its per-request classes: behave exactly like the parent
+    # class in interface lookups (and do not grow zope.interface's caches)
+    for name in ("__implemented__", "__provides__"):
+        value = getattr(factory, name, _MISSING)
+        if value is not _MISSING:
+            setattr(baked, name, value)
+    slim = type(extensions)()
+    slim.methods = dict(extensions.methods)
+    router.request_factory = baked
+    router.request_extensions = slim
+
+
 def tag_retryable(request: Request, exc: BaseException) -> bool:
     """Mark ``exc`` retryable for pyramid_retry if a new attempt may succeed.
 
     Catch-all error views call this first: once a view renders the error,
     pyramid_tm does not tag it (the commit veto aborts first; errors raised
     by the commit are never tagged). Transient errors (:func:`is_transient`)
-    and those a joined data manager deems retryable are marked. Returns True
-    if pyramid_retry will replay the request (so the response is discarded),
-    False on the last attempt or for other errors.
+    and those a joined data manager deems retryable are marked, and so is a
+    lost connection (:func:`is_disconnect`) while the request's transaction
+    is still active: the server rolled it back and the new attempt gets a new
+    connection. A connection lost once the commit began is not: the COMMIT
+    may have been applied, and replaying could write twice (the client gets a
+    503). Returns True if pyramid_retry will replay the request (so the
+    response is discarded), False on the last attempt or for other errors.
     """
     if not isinstance(exc, Exception):
         return False
     txn = current_transaction()
-    retryable = is_transient(exc)
+    retryable = is_transient(exc) or (
+        is_disconnect(exc) and txn is not None and txn.status == Status.ACTIVE
+    )
     if not retryable and txn is not None:
         try:
             retryable = bool(txn.isRetryableError(exc))
@@ -148,3 +208,4 @@ def includeme(config: Configurator) -> None:
     config.add_request_method(_dbsession, "dbsession", reify=True)
     config.add_request_method(lambda request: request.registry["db"], "db", reify=True)
     config.add_tween("myapp.db.pyramid.guard_tween_factory", over="pyramid_tm.tm_tween_factory")
+    config.add_subscriber(bake_request_properties, ApplicationCreated)

@@ -76,6 +76,17 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_disconnect(exc: BaseException) -> bool:
+    """True if ``exc`` is a lost database connection (SQLAlchemy invalidated it).
+
+    The server rolls back the transaction of a connection it lost, so a unit
+    of work that had not begun to commit may be run again from scratch, on a
+    new connection. Once the commit began, a lost connection is ambiguous (the
+    COMMIT may or may not have been applied): never retry that.
+    """
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def _live_transaction(tm: Any) -> Any:
     """The current transaction; one whose commit failed earlier is aborted first.
 
@@ -148,7 +159,9 @@ class db_transaction(ContextDecorator):
     pending work it adopts): begins a transaction through the manager and
     commits it at the end; an exception aborts it. As a decorator,
     ``attempts=N`` retries the whole function on transient errors
-    (serialization failures, deadlocks) when it runs outermost.
+    (serialization failures, deadlocks), and on a lost connection
+    (:func:`is_disconnect`) raised before the commit began, when it runs
+    outermost.
 
     Nested (inside a request, ``with transaction.manager:`` or another
     ``db_transaction``): a ``transaction.savepoint()``. Success releases it and
@@ -189,6 +202,7 @@ class db_transaction(ContextDecorator):
         self._frames: list[_Frame] = []
         self._decorating = False
         self._was_outermost = False
+        self._commit_started = False
 
     def _recreate_cm(self) -> db_transaction:
         clone = db_transaction(
@@ -206,10 +220,13 @@ class db_transaction(ContextDecorator):
                     with unit:
                         return func(*args, **kwargs)
                 except Exception as exc:
-                    if attempt < self.attempts and unit._was_outermost and is_transient(exc):
+                    transient = is_transient(exc)
+                    lost = not transient and is_disconnect(exc) and not unit._commit_started
+                    if attempt < self.attempts and unit._was_outermost and (transient or lost):
                         log.warning(
-                            "%s: transient error, retrying (%d/%d): %s",
+                            "%s: %s, retrying (%d/%d): %s",
                             func.__qualname__,
+                            "transient error" if transient else "connection lost before the commit",
                             attempt,
                             self.attempts,
                             exc,
@@ -285,6 +302,7 @@ class db_transaction(ContextDecorator):
             if txn is None:  # the block ended the transaction itself
                 return False
             if self.auto_commit:
+                self._commit_started = True  # from here a lost connection is ambiguous
                 try:
                     tm.commit()
                 except BaseException as commit_error:

@@ -11,6 +11,9 @@ from sqlalchemy import select
 
 from myapp.models import Item
 
+#: the largest id an INTEGER primary key can hold (PostgreSQL: 32 bits)
+MAX_ID = 2**31 - 1
+
 
 @view_config(route_name="items", request_method="POST", renderer="json")
 def create_item(request: Request) -> dict[str, Any]:
@@ -34,6 +37,8 @@ def get_item(request: Request) -> dict[str, Any]:
         item_id = int(request.matchdict["id"])
     except ValueError:
         raise HTTPNotFound() from None
+    if not 1 <= item_id <= MAX_ID:  # the database would refuse the value: no such item
+        raise HTTPNotFound()
     item = request.dbsession.get(Item, item_id)
     if item is None:
         raise HTTPNotFound()  # the request's transaction is rolled back

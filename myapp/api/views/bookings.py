@@ -12,7 +12,7 @@ from myapp.models import Booking
 
 from .. import booking_rules as rules
 from ..errors import BadField, Conflict
-from ..lookups import assignable_driver, body, booking_or_404, company_or_404
+from ..lookups import assignable_driver, body, booking_or_404, company_or_404, utc_time
 from ..pagination import paginate
 from . import api_view
 
@@ -51,7 +51,7 @@ def create_booking(request: Request) -> dict[str, Any]:
     data = body(request)
     booking = Booking(
         company_id=company.id,
-        pickup_time=data["pickup_time"].astimezone(UTC),
+        pickup_time=utc_time(data, "pickup_time"),
         pickup_address=data["pickup_address"].strip(),
         dropoff_address=data["dropoff_address"].strip(),
         status=rules.PENDING,
@@ -82,7 +82,7 @@ def update_booking(request: Request) -> dict[str, Any]:
     data = body(request)
     with request.dbsession.no_autoflush:
         if "pickup_time" in data:
-            booking.pickup_time = data["pickup_time"].astimezone(UTC)
+            booking.pickup_time = utc_time(data, "pickup_time")
         for field in ("pickup_address", "dropoff_address"):
             if field in data:
                 setattr(booking, field, data[field].strip())
