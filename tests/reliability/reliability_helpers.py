@@ -34,6 +34,7 @@ from myapp.api.tokens import new_token_and_hash
 from myapp.db import Database, create_engine_for
 from myapp.models import Booking, Company, Driver, Invoice, Item
 from myapp.models.dispatch import DispatchRun
+from myapp.testing.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITE_SQL = re.compile(r"^\s*(insert|update|delete|merge|truncate)\b", re.IGNORECASE)
@@ -52,12 +53,6 @@ LEAKS = (
     "site-packages",
     ".py",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_app(
