@@ -511,8 +511,9 @@ class _Events:
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
     def before_flush(self, session: _SASession, flush_context: Any, instances: Any) -> None:
-        if (session.new or session.dirty or session.deleted) and (
-            session.info.get(READ_ONLY) or session.info.get(MAINTENANCE)
+        # the flags first: session.dirty scans the identity map
+        if (session.info.get(READ_ONLY) or session.info.get(MAINTENANCE)) and (
+            session.new or session.dirty or session.deleted
         ):
             pending = len(session.new) + len(session.dirty) + len(session.deleted)
             _refuse_write(session, f"flushing {pending} pending change(s)")

@@ -15,36 +15,17 @@ never blocked (WAL). Other backends are unaffected.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 
 from . import sqlite
 from .settings import database_url, engine_options
 
-_begin_immediate: ContextVar[bool] = ContextVar("myapp.db.sqlite_begin_immediate", default=False)
-
-
-@contextmanager
-def sqlite_write_intent() -> Iterator[None]:
-    """SQLite transactions begun inside the block take the write lock at once (BEGIN IMMEDIATE)."""
-    token = _begin_immediate.set(True)
-    try:
-        yield
-    finally:
-        _begin_immediate.reset(token)
-
-
-def _begin_immediately(
-    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> tuple[str, Any]:
-    if statement == "BEGIN" and _begin_immediate.get():
-        return "BEGIN IMMEDIATE", parameters
-    return statement, parameters
+#: SQLite transactions begun inside the block take the write lock at once (BEGIN IMMEDIATE).
+sqlite_write_intent = sqlite.write_intent
 
 
 def engine_from_settings(settings: Mapping[str, Any], prefix: str = "sqlalchemy.") -> Engine:
@@ -68,7 +49,5 @@ def create_engine_for(url: str, **options: Any) -> Engine:
             for key in ("pool_size", "max_overflow", "pool_timeout"):
                 options.pop(key, None)
         options.setdefault("connect_args", {})["check_same_thread"] = False
-        engine = sqlite.install(create_engine(parsed, **options))
-        event.listen(engine, "before_cursor_execute", _begin_immediately, retval=True)
-        return engine
+        return sqlite.install(create_engine(parsed, **options))
     return create_engine(parsed, **options)

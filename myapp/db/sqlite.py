@@ -9,7 +9,16 @@ Two library limits meet here:
    dialect notes): clear the driver's isolation level on connect and emit
    ``BEGIN`` ourselves when SQLAlchemy begins a transaction.
    :func:`install` does exactly that, plus ``PRAGMA foreign_keys=ON``, a busy
-   timeout and WAL journaling for file databases.
+   timeout and WAL journaling for file databases. The ``BEGIN`` is sent by
+   the engine's dialect (its ``do_begin``, a no-op in pysqlite), straight to
+   the driver's connection: SQLAlchemy logs it as ``BEGIN (implicit)`` and
+   wraps a failure (``database is locked`` after the busy timeout) in its
+   ``OperationalError``, ``handle_error`` listeners included. SQLAlchemy's
+   recipe uses a ``begin`` event and ``exec_driver_sql`` instead, which costs
+   a full statement execution per transaction and, being a connection event,
+   makes the engine dispatch events at every statement, commit and rollback.
+   Inside :func:`write_intent` it is ``BEGIN IMMEDIATE`` (see
+   :mod:`myapp.db.engine`).
 
 2. zope.sqlalchemy refuses savepoints for engines whose driver name is
    ``sqlite`` (``TypeError: Savepoints unsupported``) because of limit 1.
@@ -21,10 +30,25 @@ Two library limits meet here:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
+
+_begin_immediate: ContextVar[bool] = ContextVar("myapp.db.sqlite_begin_immediate", default=False)
+
+
+@contextmanager
+def write_intent() -> Iterator[None]:
+    """SQLite transactions begun inside the block take the write lock at once (BEGIN IMMEDIATE)."""
+    token = _begin_immediate.set(True)
+    try:
+        yield
+    finally:
+        _begin_immediate.reset(token)
 
 
 def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
@@ -48,9 +72,10 @@ def _on_connect_file(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.close()
 
 
-def _on_begin(conn: Connection) -> None:
-    # SQLAlchemy began a transaction: make SQLite begin one too.
-    conn.exec_driver_sql("BEGIN")
+def _do_begin(dbapi_connection: Any) -> None:
+    # The dialect's do_begin (pysqlite's is a no-op): make SQLite begin a transaction.
+    statement = "BEGIN IMMEDIATE" if _begin_immediate.get() else "BEGIN"
+    getattr(dbapi_connection, "dbapi_connection", dbapi_connection).execute(statement)
 
 
 def install(engine: Engine) -> Engine:
@@ -59,7 +84,10 @@ def install(engine: Engine) -> Engine:
         return engine
     memory = engine.url.database in (None, "", ":memory:")
     event.listen(engine, "connect", _on_connect if memory else _on_connect_file)
-    event.listen(engine, "begin", _on_begin)
+    # On this engine's dialect instance only. Not a "begin" event listener:
+    # any ConnectionEvents listener makes SQLAlchemy dispatch engine events
+    # at every execution, commit and rollback (measured in docs/benchmarks.md).
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
     return engine
 
 
@@ -67,4 +95,4 @@ def savepoints_supported(engine: Engine) -> bool:
     """True unless ``engine`` is SQLite without :func:`install` (then SAVEPOINT is unsafe)."""
     if engine.dialect.name != "sqlite":
         return True
-    return event.contains(engine, "begin", _on_begin)
+    return vars(engine.dialect).get("do_begin") is _do_begin

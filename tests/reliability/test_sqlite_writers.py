@@ -91,7 +91,7 @@ def test_with_the_write_intent_both_writers_commit(sqlite_file: Engine) -> None:
 
 def test_write_requests_begin_immediate_and_read_requests_do_not(sqlite_file: Engine) -> None:
     database = Database(sqlite_file)
-    begins: list[tuple[str, str]] = []
+    begins: list[str] = []
 
     def record(request: Any) -> dict[str, Any]:
         request.dbsession.execute(select(1))
@@ -102,15 +102,41 @@ def test_write_requests_begin_immediate_and_read_requests_do_not(sqlite_file: En
 
     from sqlalchemy import event
 
-    def spy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("BEGIN"):
-            begins.append((threading.current_thread().name, statement))
+    def trace(dbapi_connection: Any, record: Any) -> None:
+        # what SQLite itself receives (the BEGIN is sent on the driver's connection)
+        def seen(statement: str) -> None:
+            if statement.startswith("BEGIN"):
+                begins.append(statement)
 
-    event.listen(sqlite_file, "before_cursor_execute", spy)
+        dbapi_connection.set_trace_callback(seen)
+
+    sqlite_file.dispose()  # new connections, traced from the start
+    event.listen(sqlite_file, "connect", trace)
     try:
         app = client(build_app(database, configure))
         for method in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"):
             app.request("/t/begin", method=method, status="*")
     finally:
-        event.remove(sqlite_file, "before_cursor_execute", spy)
-    assert [statement for _, statement in begins] == ["BEGIN"] * 3 + ["BEGIN IMMEDIATE"] * 4
+        event.remove(sqlite_file, "connect", trace)
+    assert begins == ["BEGIN"] * 3 + ["BEGIN IMMEDIATE"] * 4
+
+
+def test_a_begin_immediate_that_times_out_is_a_transient_sqlalchemy_error(
+    sqlite_file: Engine,
+) -> None:
+    """``database is locked`` at BEGIN IMMEDIATE is wrapped like any statement's error."""
+    with sqlite_file.connect() as holder:
+        with holder.begin():
+            holder.execute(insert(ITEMS).values(name="holds the write lock"))
+            waiter = sqlite_file.connect()
+            try:
+                waiter.exec_driver_sql("PRAGMA busy_timeout=50")
+                waiter.commit()
+                with sqlite_write_intent(), pytest.raises(OperationalError) as caught:
+                    waiter.begin()
+                assert "database is locked" in str(caught.value)
+                assert is_transient(caught.value)
+                assert not waiter.in_transaction()
+            finally:
+                waiter.close()
+    assert sqlite_file.pool.checkedout() == 0

@@ -162,3 +162,27 @@ def test_keyset_batches_of_updates_keep_the_identity_map_small(db: Any) -> None:
     assert largest == 100
     names = set(db.session.scalars(select(Item.name)))
     assert names == {f"I{n}" for n in range(1_050)}
+
+
+def test_the_pending_count_agrees_with_the_sessions_public_sets(db: Any) -> None:
+    """``_pending_changes`` reads SQLAlchemy's bookkeeping; it must match the public sets."""
+    from myapp.db.units import _pending_changes
+
+    def public(session: Any) -> int:
+        return len(session.new) + len(session.dirty) + len(session.deleted)
+
+    session = db.session
+    session.execute(insert(Item), [{"name": f"p{n}"} for n in range(6)])
+    session.commit()
+    assert _pending_changes(session) == public(session) == 0
+    loaded = session.scalars(select(Item).order_by(Item.id)).all()
+    session.add_all([Item(name="new1"), Item(name="new2")])
+    assert _pending_changes(session) == public(session) == 2
+    loaded[0].name = "changed"
+    loaded[1].name = "changed too"
+    assert _pending_changes(session) == public(session) == 4
+    session.delete(loaded[1])  # modified, then deleted: counted once
+    session.delete(loaded[2])
+    assert _pending_changes(session) == public(session) == 5
+    session.flush()
+    assert _pending_changes(session) == public(session) == 0
