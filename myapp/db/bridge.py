@@ -116,6 +116,12 @@ def get_tm() -> transaction.ThreadTransactionManager:
 def current_transaction(tm: Any = None) -> transaction.interfaces.ITransaction | None:
     """The active transaction of ``tm`` (default: :func:`get_tm`), or None."""
     tm = tm if tm is not None else get_tm()
+    manager = getattr(tm, "manager", tm)  # a ThreadTransactionManager: this thread's manager
+    if type(manager) is transaction.TransactionManager and manager.explicit:
+        # what get() returns in explicit mode, without raising NoTransaction when there
+        # is none (a lookup made several times per unit of work; pinned by
+        # tests/units/test_transaction.py)
+        return manager._txn
     try:
         return tm.get()
     except NoTransaction:
@@ -413,11 +419,12 @@ class SessionDataManager(zdm.SessionDataManager):
         if final_state != "committed" and tx._state is not SessionTransactionState.CLOSED:
             # Abort: really roll back and release the connection (zope.sqlalchemy#14).
             tx.rollback()
-        log.info(
-            "%s %s",
-            "COMMIT" if final_state == "committed" else "ROLLBACK",
-            getattr(self._txn, "description", "") or "",
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s",
+                "COMMIT" if final_state == "committed" else "ROLLBACK",
+                getattr(self._txn, "description", "") or "",
+            )
 
     @property
     def savepoint(self) -> Callable[[], SessionSavepoint]:
@@ -458,10 +465,10 @@ _WRITE_SQL = re.compile(
 
 def statement_writes(state: ORMExecuteState) -> bool:
     """Does this ``session.execute`` write? ORM/Core DML yes, SELECT no, ``text()`` by keyword."""
+    if state.is_select:  # the common case first
+        return False
     if state.is_insert or state.is_update or state.is_delete:
         return True
-    if state.is_select:
-        return False
     text = getattr(state.statement, "text", None)
     if text is None:  # some other executable (DDL, ...): assume it writes
         return True

@@ -453,3 +453,34 @@ def test_attempts_retries_a_swallowed_serialization_failure(real: Any, backend: 
     assert calls == [1, 1]
     with real.engine.connect() as conn:
         assert conn.scalar(select(Item.name).where(Item.id == item_id)) == real.id("mine")
+
+
+def test_current_transaction_is_what_the_manager_says() -> None:
+    """``current_transaction`` reads an explicit manager's transaction directly: same as get()."""
+    from transaction.interfaces import NoTransaction
+
+    from myapp.db.bridge import get_tm
+
+    def by_the_book(tm: Any) -> Any:
+        try:
+            return tm.get()
+        except NoTransaction:
+            return None
+
+    tm = get_tm()
+    assert current_transaction(tm) is None is by_the_book(tm)
+    txn = tm.begin()
+    try:
+        assert current_transaction(tm) is txn is by_the_book(tm)
+        assert current_transaction() is txn  # the default: the thread-local manager
+    finally:
+        tm.abort()
+    assert current_transaction(tm) is None is by_the_book(tm)
+    plain = transaction.TransactionManager(explicit=False)  # not explicit: get() would begin one
+    assert by_the_book(plain) is not None
+    plain.abort()
+    own = transaction.TransactionManager(explicit=True)
+    txn = own.begin()
+    assert current_transaction(own) is txn
+    own.commit()
+    assert current_transaction(own) is None
