@@ -6,10 +6,13 @@ creates an object, so inside a test it writes through ``db.session`` (the
 id, and the test decides when to commit (``db.session.commit()``,
 ``persisted_fixture``, ``ensure_committed``).
 
-Values are deterministic: the ``db`` fixture resets the sequences before
+Values are deterministic: the ``db`` fixture restarts the sequences for
 every test, so the first company of every test is "Company 1", whatever
-order the tests run in. (Primary keys come from the database: on
-PostgreSQL its sequences are not rolled back, so do not hard-code ids.)
+order the tests run in (the fixture schedules the restart; it happens just
+before the test's first sequence value is drawn, or its first
+``reset_sequence()``, so a test that builds no object pays nothing).
+Primary keys come from the database: on PostgreSQL its sequences are not
+rolled back, so do not hard-code ids.
 Pickup times start at :data:`BASE_PICKUP_TIME`, far in the future so that
 ``engine.run()`` with its default ``now`` treats them as upcoming, and
 advance 30 minutes per booking.
@@ -26,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 import factory
-from factory.alchemy import SQLAlchemyModelFactory
+from factory.alchemy import SQLAlchemyModelFactory, SQLAlchemyOptions
 
 from myapp.db import current_session
 from myapp.models import Booking, Company, Driver, Invoice
@@ -39,7 +42,32 @@ BASE_PICKUP_TIME = datetime(2040, 1, 2, 8, 0, tzinfo=UTC)
 _DROP_IF_NONE = ("company", "company_id", "driver")
 
 
+#: set by :func:`schedule_sequence_reset`, cleared by :func:`reset_sequences`
+_reset_pending = False
+
+
+class _DispatchOptions(SQLAlchemyOptions):
+    """Applies a scheduled :func:`reset_sequences` before any sequence is drawn or reset.
+
+    Every way a factory gets a sequence value goes through ``next_sequence``
+    (``create``/``build``/batches, and sub-factories of any factory), so a
+    scheduled restart can never be skipped.
+    """
+
+    def next_sequence(self) -> int:
+        if _reset_pending:
+            reset_sequences()
+        return super().next_sequence()
+
+    def reset_sequence(self, value: int | None = None, force: bool = False) -> None:
+        if _reset_pending:  # the test's own reset_sequence(...) wins over the scheduled one
+            reset_sequences()
+        super().reset_sequence(value, force=force)
+
+
 class _DispatchFactory(SQLAlchemyModelFactory):
+    _options_class = _DispatchOptions
+
     class Meta:
         abstract = True
         sqlalchemy_session_factory = current_session
@@ -114,9 +142,21 @@ FACTORIES: tuple[type[SQLAlchemyModelFactory], ...] = (
 
 
 def reset_sequences() -> None:
-    """Restart every factory's sequence (the ``db`` fixture calls this before each test)."""
+    """Restart every factory's sequence now (the next company is "Company 1")."""
+    global _reset_pending
+    _reset_pending = False
     for factory_class in FACTORIES:
         factory_class.reset_sequence()
+
+
+def schedule_sequence_reset() -> None:
+    """Restart every factory's sequence before the next value is drawn (the ``db`` fixture's way).
+
+    O(1): the restart itself happens in the first factory call that needs a
+    sequence (or resets one), so tests that build no object do not pay it.
+    """
+    global _reset_pending
+    _reset_pending = True
 
 
 __all__ = [
@@ -126,4 +166,5 @@ __all__ = [
     "DriverFactory",
     "InvoiceFactory",
     "reset_sequences",
+    "schedule_sequence_reset",
 ]

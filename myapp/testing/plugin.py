@@ -31,7 +31,8 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from threading import get_ident
 from typing import Any
 
 import pytest
@@ -281,6 +282,8 @@ def app(database: Database, app_settings: dict[str, Any]) -> Any:
 
 _SQLALCHEMY_DIR = os.path.dirname(sqlalchemy.__file__)
 _HERE = __file__
+#: where the leak guard says isolated_db's own connection was checked out
+_OWN_LOCATION = (_HERE, 0, "isolated_db (the test's own connection)")
 
 
 def _caller() -> tuple[str, int, str]:
@@ -310,16 +313,22 @@ def _format_location(location: tuple[str, int, str]) -> str:
 class ConnectionTracker:
     """Which pooled connections of an engine are checked out, and where from.
 
-    Installed once per engine (two pool listeners). :func:`isolated_db`
-    compares the checked-out set before and after a test; whatever the test
-    left checked out is reported and invalidated (closed and returned to the
-    pool), so a leak fails one test instead of starving the rest of the run.
+    Installed once per engine (two pool listeners). Every checkout is
+    numbered: :func:`isolated_db` notes the number before a test
+    (:meth:`snapshot`) and, after it, reports and invalidates whatever was
+    checked out since and is still out (:meth:`reclaim_since`: closed and
+    returned to the pool), so a leak fails one test instead of starving the
+    rest of the run. Both are O(1) when nothing is left checked out.
     """
 
     _trackers: weakref.WeakKeyDictionary[Engine, ConnectionTracker] = weakref.WeakKeyDictionary()
 
     def __init__(self, engine: Engine) -> None:
-        self.out: dict[Any, tuple[weakref.ref[Any], tuple[str, int, str]]] = {}
+        #: pool record -> (weak proxy, checkout number, where it was checked out)
+        self.out: dict[Any, tuple[weakref.ref[Any], int, tuple[str, int, str]]] = {}
+        self.checkouts = 0
+        # the thread whose next checkout is isolated_db's own connection (see connect_own)
+        self._own_thread: int | None = None
         event.listen(engine, "checkout", self._checkout)
         event.listen(engine, "checkin", self._checkin)
 
@@ -331,19 +340,37 @@ class ConnectionTracker:
         return tracker
 
     def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        self.out[record] = (weakref.ref(proxy), _caller())
+        self.checkouts += 1
+        own = self._own_thread
+        where = _OWN_LOCATION if own is not None and own == get_ident() else _caller()
+        self.out[record] = (weakref.ref(proxy), self.checkouts, where)
 
     def _checkin(self, dbapi_connection: Any, record: Any) -> None:
         self.out.pop(record, None)
 
-    def snapshot(self) -> frozenset[Any]:
-        return frozenset(self.out)
+    def connect_own(self, engine: Engine) -> Connection:
+        """``engine.connect()`` for :func:`isolated_db` itself (tracked; no caller walk)."""
+        self._own_thread = get_ident()
+        try:
+            return engine.connect()
+        finally:
+            self._own_thread = None
 
-    def reclaim_since(self, before: frozenset[Any]) -> list[str]:
-        """Invalidate the connections checked out since ``before``; return where they came from."""
+    def snapshot(self) -> int:
+        """A mark to pass to :meth:`reclaim_since` (the number of checkouts so far)."""
+        return self.checkouts
+
+    def reclaim_since(self, before: int) -> list[str]:
+        """Invalidate the connections checked out since ``before`` and still out.
+
+        Returns where each was checked out.
+        """
+        out = self.out
+        if not out:
+            return []
         leaked = []
-        for record in [r for r in self.out if r not in before]:
-            ref, where = self.out.pop(record)
+        for record in [r for r, entry in out.items() if entry[1] > before]:
+            ref, _number, where = out.pop(record)
             leaked.append(_format_location(where))
             fairy = ref()
             if fairy is not None and fairy.dbapi_connection is not None:
@@ -421,20 +448,146 @@ class RequestThread:
 _RequestThread = RequestThread  # the name tests/stack knew
 
 
-def _reset_factory_sequences() -> None:
+def _schedule_factory_sequence_reset() -> None:
+    # the factories restart their sequences before the test's first object (lazily: a
+    # test that builds none pays nothing); a no-op until something imported them
     factories = sys.modules.get("myapp.testing.factories")
     if factories is not None:
-        factories.reset_sequences()
+        factories.schedule_sequence_reset()
 
 
-@contextmanager
+_UNKNOWN: Any = object()
+
+
+class _IsolatedDB(AbstractContextManager[TestDB]):
+    """The context manager :func:`isolated_db` returns (one use)."""
+
+    __slots__ = (
+        "_activation",
+        "_before",
+        "_connection",
+        "_doomed_txn",
+        "_outer",
+        "_saved",
+        "_scope",
+        "_tm",
+        "_tracker",
+        "database",
+        "doomed",
+        "label",
+        "request_thread",
+    )
+
+    def __init__(
+        self, database: Database, doomed: bool, request_thread: RequestThread | None, label: str
+    ) -> None:
+        self.database = database
+        self.doomed = doomed
+        self.request_thread = request_thread
+        self.label = label
+        self._outer: Any = None
+        self._scope: Scope | None = None
+        self._activation: Any = None
+        self._doomed_txn: Any = None
+
+    def __enter__(self) -> TestDB:
+        database = self.database
+        engine = database.engine
+        tracker = self._tracker = ConnectionTracker.for_engine(engine)
+        tm = self._tm = get_tm()
+        if current_transaction(tm) is not None:
+            tm.abort()
+        _schedule_factory_sequence_reset()
+        self._before = tracker.snapshot()
+        connection = self._connection = tracker.connect_own(engine)
+        kw = database.session_factory.kw
+        self._saved = (kw.get("bind"), kw.get("join_transaction_mode"))
+        try:
+            self._outer = connection.begin()
+            # doomed: the session works in the outer transaction itself (no savepoint)
+            kw["bind"] = connection
+            kw["join_transaction_mode"] = "rollback_only" if self.doomed else "create_savepoint"
+            scope = self._scope = Scope(
+                database.session_factory, database=database, autobegin=not self.doomed, kind="test"
+            )
+            if self.doomed:
+                doomed_txn = self._doomed_txn = tm.begin()
+                doomed_txn.doom()
+            activation = scope.activate()
+            activation.__enter__()
+            self._activation = activation
+        except BaseException:
+            self._teardown(_UNKNOWN)
+            raise
+        return TestDB(database, connection, scope, self.doomed)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        problems: list[str] = []
+        txn = _UNKNOWN
+        try:
+            if exc_type is None:
+                tm = self._tm
+                txn = current_transaction(tm)
+                if txn is not None and not is_implicit(txn) and txn is not self._doomed_txn:
+                    problems.append(
+                        "left transaction.manager with an open unit of work (begun explicitly "
+                        "and never committed or aborted; it was aborted)"
+                    )
+                request_thread = self.request_thread
+                if request_thread is not None and request_thread.used:
+                    request_thread.used = False
+                    if request_thread.open_transaction() is not None:
+                        request_thread.abort()
+                        problems.append("a request left its transaction open (it was aborted)")
+        finally:
+            leaked = self._teardown(txn)
+        if leaked:
+            problems.append(
+                f"left {len(leaked)} connection(s) checked out (checked out at "
+                + "; ".join(leaked)
+                + "; invalidated and returned to the pool)"
+            )
+        if problems and exc_type is None:
+            raise LeakError(f"leak guard: {self.label} " + "; ".join(problems))
+
+    def _teardown(self, txn: Any) -> list[str]:
+        """Abort, roll back, close, restore the factory; return the leaked connections."""
+        try:
+            try:
+                if self._activation is not None:
+                    self._activation.__exit__(None, None, None)
+                    self._activation = None
+            finally:
+                try:
+                    # the test thread's transaction (looked up once, by __exit__'s check if it ran:
+                    # nothing between the check and here touches this thread's manager)
+                    if txn is _UNKNOWN:
+                        txn = current_transaction(self._tm)
+                    if txn is not None:
+                        self._tm.abort()
+                finally:
+                    if self._scope is not None:
+                        self._scope.close()
+                    outer = self._outer
+                    if outer is not None and outer.is_active:
+                        outer.rollback()
+        finally:
+            self._connection.close()
+            bind, mode = self._saved
+            self.database.session_factory.configure(
+                bind=bind, join_transaction_mode=mode or "conditional_savepoint"
+            )
+            leaked = self._tracker.reclaim_since(self._before)
+        return leaked
+
+
 def isolated_db(
     database: Database,
     *,
     doomed: bool = False,
     request_thread: RequestThread | None = None,
     label: str = "the test",
-) -> Iterator[TestDB]:
+) -> AbstractContextManager[TestDB]:
     """One isolated database for the ``with`` block (the ``db`` fixture's engine room).
 
     Savepoint mode (default): the session factory is bound to one connection
@@ -443,67 +596,9 @@ def isolated_db(
     joins the outer transaction directly, inside one doomed transaction of
     the manager. At exit everything is rolled back; if the block ended
     normally, :class:`LeakError` names what it left behind (already cleaned up).
+    The factories' sequences restart before the block's first object.
     """
-    engine = database.engine
-    tracker = ConnectionTracker.for_engine(engine)
-    tm = get_tm()
-    if current_transaction(tm) is not None:
-        tm.abort()
-    _reset_factory_sequences()
-    before = tracker.snapshot()
-    connection = engine.connect()
-    factory = database.session_factory
-    saved = {key: factory.kw.get(key) for key in ("bind", "join_transaction_mode")}
-    problems: list[str] = []
-    try:
-        outer = connection.begin()
-        # doomed: the session works in the outer transaction itself (no savepoint)
-        factory.configure(
-            bind=connection,
-            join_transaction_mode="rollback_only" if doomed else "create_savepoint",
-        )
-        scope = Scope(factory, database=database, autobegin=not doomed, kind="test")
-        doomed_txn = None
-        if doomed:
-            doomed_txn = tm.begin()
-            doomed_txn.doom()
-        try:
-            with scope.activate():
-                yield TestDB(database, connection, scope, doomed)
-                txn = current_transaction(tm)
-                if txn is not None and not is_implicit(txn) and txn is not doomed_txn:
-                    problems.append(
-                        "left transaction.manager with an open unit of work (begun explicitly "
-                        "and never committed or aborted; it was aborted)"
-                    )
-                if request_thread is not None and request_thread.used:
-                    request_thread.used = False
-                    if request_thread.open_transaction() is not None:
-                        request_thread.abort()
-                        problems.append("a request left its transaction open (it was aborted)")
-        finally:
-            try:
-                if current_transaction(tm) is not None:
-                    tm.abort()
-            finally:
-                scope.close()
-                if outer.is_active:
-                    outer.rollback()
-    finally:
-        connection.close()
-        factory.configure(
-            bind=saved["bind"],
-            join_transaction_mode=saved["join_transaction_mode"] or "conditional_savepoint",
-        )
-        leaked = tracker.reclaim_since(before)
-        if leaked:
-            problems.append(
-                f"left {len(leaked)} connection(s) checked out (checked out at "
-                + "; ".join(leaked)
-                + "; invalidated and returned to the pool)"
-            )
-    if problems:
-        raise LeakError(f"leak guard: {label} " + "; ".join(problems))
+    return _IsolatedDB(database, doomed, request_thread, label)
 
 
 @pytest.fixture(scope="session")

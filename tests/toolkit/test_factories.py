@@ -96,3 +96,27 @@ def test_database_constraints_apply(db):
 def test_factories_work_in_the_doomed_mode(db):
     BookingFactory.create_batch(3)
     assert db.session.scalar(select(func.count()).select_from(Booking)) == 3
+
+
+def test_a_tests_own_reset_sequence_wins_over_the_scheduled_restart(db):
+    # the db fixture only schedules the restart (done before the first value is drawn):
+    # a reset_sequence() of the test's own, before any object, must not be undone by it
+    CompanyFactory.reset_sequence(10)
+    assert CompanyFactory().name == "Company 11"
+    assert DriverFactory.build().name == "Driver 1"  # the others restarted all the same
+
+
+def test_the_restart_reaches_sub_factories_of_any_factory():
+    # no db fixture: schedule by hand, then draw through a plain factory's SubFactory
+    import factory
+
+    from myapp.testing.factories import schedule_sequence_reset
+
+    class Holder(factory.DictFactory):
+        company = factory.SubFactory(CompanyFactory)
+
+    CompanyFactory.build()
+    CompanyFactory.build()
+    schedule_sequence_reset()
+    assert Holder.build()["company"].name == "Company 1"  # restarted by the sub-factory's draw
+    assert CompanyFactory.build().name == "Company 2"
