@@ -29,16 +29,31 @@ time, (c) a booking whose driver belongs to another company, (d) a booking
 whose driver is not the one the dispatcher that assigned it reported. Then
 every booking is made pending again (outside the timing) for the next run.
 Rounds interleave the dispatcher counts in a rotating order; medians.
+
+CPU accounting, to tell contention from CPU saturation on a shared machine:
+each dispatcher reports its own CPU time and its PostgreSQL backend's
+(``/proc/PID/stat``), and the time both spent *runnable but waiting for a
+core* (``/proc/PID/schedstat``, the run-queue delay); the parent reads
+``/proc/stat`` around the run, so the JSON also says how many cores the whole
+machine was busy on (and how much of that was someone else: other processes,
+PostgreSQL's background processes, hypervisor steal). ``--wait-events``
+samples ``pg_stat_activity`` of the dispatchers' backends during the runs
+(lock waits, WAL flushes, waiting for the client, running); the sampler costs
+a little CPU itself, so it is off by default. Each run also counts the
+transactions ``run`` retried (``retries``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,12 +94,15 @@ def dispatcher(url: str, companies: list[int]) -> None:
     db = Database(create_engine_for(normalise_url(url), pool_size=1, max_overflow=0))
     with db.engine.connect() as conn:
         backend_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    retries = RetryCounter()
+    logging.getLogger("myapp.db").addHandler(retries)  # db_transaction logs each retry there
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
     assigned: list[tuple[int, int]] = []
     unassigned = 0
     backend_cpu = process_cpu_seconds(backend_pid)
+    sched = process_schedstat(os.getpid()), process_schedstat(backend_pid)
     cpu = time.process_time()
     start = time.perf_counter()
     for company_id in companies:
@@ -95,6 +113,7 @@ def dispatcher(url: str, companies: list[int]) -> None:
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     backend_end = process_cpu_seconds(backend_pid)
+    sched_end = process_schedstat(os.getpid()), process_schedstat(backend_pid)
     report = {
         "assigned": len(assigned),
         "unassigned": unassigned,
@@ -105,6 +124,11 @@ def dispatcher(url: str, companies: list[int]) -> None:
             if backend_end is not None and backend_cpu is not None
             else None
         ),
+        # runnable but waiting for a core (run-queue delay), from /proc/PID/schedstat
+        "dispatcher_runqueue_s": _delta(sched[0], sched_end[0], 1),
+        "backend_runqueue_s": _delta(sched[1], sched_end[1], 1),
+        # transactions retried (serialization failures, deadlocks, double bookings refused)
+        "retries": retries.count,
     }
     print(json.dumps(report), flush=True)
     # after the clock: what this dispatcher believes it assigned, for the parent's checks
@@ -116,6 +140,18 @@ def dispatcher(url: str, companies: list[int]) -> None:
                 [{"b": b, "d": d, "p": os.getpid()} for b, d in assigned],
             )  # fmt: skip
     db.dispose()
+
+
+class RetryCounter(logging.Handler):
+    """Counts the "retrying" warnings of ``db_transaction`` (one per retried attempt)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.count += 1
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -131,6 +167,89 @@ def process_cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def process_schedstat(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable waiting for a CPU) of ``pid``, None if unreadable.
+
+    ``/proc/PID/schedstat``: the second figure is the run-queue delay, the direct sign of
+    CPU saturation (the process was ready to run and no core was free).
+    """
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def _delta(before: Any, after: Any, index: int) -> float | None:
+    if before is None or after is None:
+        return None
+    return after[index] - before[index]
+
+
+def machine_cpu_jiffies() -> tuple[int, int, int] | None:
+    """(busy, steal, total) jiffies of the whole machine since boot (``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal
+
+
+class WaitEventSampler:
+    """Samples ``pg_stat_activity`` of the other backends of database ``url`` in a thread.
+
+    Counts, per sample and backend, ``wait_event_type:wait_event`` (``running`` when the
+    backend is active and waits for nothing, ``idle in transaction`` when it waits for its
+    client between statements, ``idle`` between transactions).
+    """
+
+    def __init__(self, url: str, interval: float = 0.005) -> None:
+        self.url = url
+        self.interval = interval
+        self.counts: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> WaitEventSampler:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        import psycopg
+
+        from myapp.db.settings import normalise_url
+
+        dsn = normalise_url(self.url).replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            query = (
+                "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            )
+            self._ready.set()
+            while not self._stop.is_set():
+                rows = conn.execute(query).fetchall()
+                self.samples += 1
+                for state, kind, event in rows:
+                    if state == "active":
+                        key = f"{kind}:{event}" if kind else "running"
+                    else:
+                        key = state if not kind or kind == "Client" else f"{state} {kind}:{event}"
+                    self.counts[key] += 1
+                time.sleep(self.interval)
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +363,9 @@ def shares(companies: int, dispatchers: int, layout: str) -> list[list[int]]:
     return [rotated(ids, k * step) for k in range(dispatchers)]
 
 
-def one_run(url: str, parts: list[list[int]], timeout: float) -> dict[str, Any]:
+def one_run(
+    url: str, parts: list[list[int]], timeout: float, wait_events: bool = False
+) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = []
     try:
@@ -265,12 +386,19 @@ def one_run(url: str, parts: list[list[int]], timeout: float) -> dict[str, Any]:
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"dispatcher did not start: {line!r}")
+        sampler = WaitEventSampler(url) if wait_events else None
+        if sampler is not None:
+            sampler.__enter__()
+        machine = machine_cpu_jiffies()
         start = time.perf_counter()
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
         reports = [json.loads(p.stdout.readline()) for p in procs]
         wall = time.perf_counter() - start
+        machine_end = machine_cpu_jiffies()
+        if sampler is not None:
+            sampler.__exit__(None, None, None)
         for p in procs:
             p.stdin.close()
             if p.wait(timeout=timeout) != 0:
@@ -284,14 +412,31 @@ def one_run(url: str, parts: list[list[int]], timeout: float) -> dict[str, Any]:
     cpu = sum(r["dispatcher_cpu_s"] for r in reports)
     backend = [r["backend_cpu_s"] for r in reports]
     backend_cpu = sum(backend) if None not in backend else None
-    return {
+    queued = [r.get(k) for r in reports for k in ("dispatcher_runqueue_s", "backend_runqueue_s")]
+    out: dict[str, Any] = {
         "seconds": wall,
         "assigned_reported": assigned,
         "dispatcher_cpu_s": cpu,
         "backend_cpu_s": backend_cpu,
+        # summed over the dispatchers and their backends: time ready to run but without a core
+        "runqueue_s": sum(queued) if None not in queued else None,
+        "retries": sum(r.get("retries", 0) for r in reports),
         "loadavg_1min_after": os.getloadavg()[0],
         "per_dispatcher": reports,
     }
+    if machine is not None and machine_end is not None:
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (machine_end[0] - machine[0]) / tick / wall
+        ours = (cpu + (backend_cpu or 0.0)) / wall
+        out["machine_cores_busy"] = busy
+        # everything else on the machine during the run: other engineers' processes, the
+        # parent, PostgreSQL's own background processes (WAL writer...); clamped at 0 (jiffies)
+        out["others_cores_busy"] = max(0.0, busy - ours)
+        out["steal_cores"] = (machine_end[1] - machine[1]) / tick / wall
+    if sampler is not None:
+        out["wait_events"] = dict(sampler.counts.most_common())
+        out["wait_event_samples"] = sampler.samples
+    return out
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -305,7 +450,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             runs: dict[str, list[dict[str, Any]]] = {f"{lay}/{p}": [] for lay, p in configs}
             for r in range(rounds):
                 for layout, p in rotated(configs, r):
-                    run = one_run(url, shares(args.companies, p, layout), args.timeout)
+                    run = one_run(
+                        url, shares(args.companies, p, layout), args.timeout, args.wait_events
+                    )
                     run.update(check_and_reset(url))
                     if run["assigned_in_db"] != n:
                         raise RuntimeError(
@@ -321,17 +468,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         f"{run['bookings_per_s']:>8.0f} bookings/s, "
                         f"CPU {run['cpu_ms_per_booking']:.3f} ms/booking on "
                         f"{run['cores_busy']:.2f} cores, "
-                        f"double assignments {run['double_assignments']}",
+                        f"double assignments {run['double_assignments']}" + _cpu_note(run),
                         flush=True,
                     )
+                    if "wait_events" in run:
+                        total = sum(run["wait_events"].values()) or 1
+                        print(
+                            "      wait events: "
+                            + ", ".join(
+                                f"{k} {v * 100 / total:.0f}%" for k, v in run["wait_events"].items()
+                            ),
+                            flush=True,
+                        )
         per: dict[str, Any] = {}
         for key, rs in runs.items():
             per[key] = {
                 "bookings_per_s": median([x["bookings_per_s"] for x in rs]),
                 "seconds": median([x["seconds"] for x in rs]),
                 "double_assignments": sum(x["double_assignments"] for x in rs),
+                "retries": sum(x.get("retries", 0) for x in rs),
                 "cpu_ms_per_booking": median([x["cpu_ms_per_booking"] for x in rs]),
                 "cores_busy": median([x["cores_busy"] for x in rs]),
+                "runqueue_ms_per_booking": _median_of(rs, "runqueue_s", 1000 / int(n)),
+                "others_cores_busy": _median_of(rs, "others_cores_busy"),
                 "rounds": len(rs),
                 "runs": rs,
             }
@@ -344,6 +503,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     )
         results[str(n)] = per
     return results
+
+
+def _cpu_note(run: dict[str, Any]) -> str:
+    note = f", retries {run.get('retries', 0)}"
+    if run.get("runqueue_s") is not None:
+        note += f", run-queue wait {run['runqueue_s'] / run['seconds']:.2f} (s/s)"
+    if "others_cores_busy" in run:
+        note += (
+            f", machine busy {run['machine_cores_busy']:.2f} cores "
+            f"(others {run['others_cores_busy']:.2f}, steal {run['steal_cores']:.2f})"
+        )
+    return note
+
+
+def _median_of(runs: list[dict[str, Any]], key: str, scale: float = 1.0) -> float | None:
+    values = [x[key] for x in runs if x.get(key) is not None]
+    return median(values) * scale if values else None
 
 
 def report(results: dict[str, Any]) -> str:
@@ -403,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds below 100k bookings")
     parser.add_argument("--rounds-large", type=int, default=1, help="rounds at 100k or more")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument(
+        "--wait-events",
+        action="store_true",
+        help="sample pg_stat_activity wait events of the dispatchers' backends (costs some CPU)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

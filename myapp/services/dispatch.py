@@ -33,6 +33,18 @@ Policy (deterministic for a given database state and ``now``):
    time, ``"all_drivers_busy"``.
 4. An unknown company gives ``reason="company_not_found"`` and writes nothing.
 
+Set-based (the cost of a booking): the engine reads plain rows, not ORM
+objects — the claimed bookings as ``(id, pickup_time)``, the drivers' ids,
+their loads and busy slots — applies the policy in memory (a heap of
+``(load, driver_id)``, so a booking costs O(log drivers)), and writes every
+assignment of the run with one ``UPDATE bookings ... FROM unnest(ids,
+drivers)`` per :data:`WRITE_CHUNK` bookings on PostgreSQL (an executemany on
+SQLite): five statements per company (claim, drivers, loads, busy slots,
+write; the company is looked up only when nothing was claimed), whatever its
+number of bookings. Booking objects the caller's session holds are expired
+for the columns written, so they reload the assignment; the caller's
+pending ORM changes are flushed first.
+
 Concurrency (PostgreSQL): the pending bookings are claimed with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` (two dispatchers never take the same
 booking; each skips what the other holds), then the company's active
@@ -49,12 +61,28 @@ busy timeout; "database is locked" is still retried.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from heapq import heapify, heappop, heappush, heapreplace
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    bindparam,
+    cast,
+    column,
+    func,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from transaction.interfaces import TransientError
 
@@ -80,6 +108,81 @@ ALL_DRIVERS_BUSY = "all_drivers_busy"
 
 #: the database constraint that forbids double-booking a driver
 DOUBLE_BOOKING_CONSTRAINT = "uq_bookings_driver_pickup"
+
+#: assignments written per ``UPDATE`` statement on PostgreSQL
+WRITE_CHUNK = 10_000
+
+# The statements, built once (Core, on the tables: rows are tuples, no ORM objects).
+_bookings = Booking.__table__
+_drivers = Driver.__table__
+_companies = Company.__table__
+_COMPANY = select(_companies.c.id).where(_companies.c.id == bindparam("company_id"))
+
+
+def _claim_statement(pickup: Any) -> Any:
+    """The pending bookings, earliest first, locked (``SKIP LOCKED``): ``(id, pickup_time)``."""
+    return (
+        select(_bookings.c.id, pickup)
+        .where(
+            _bookings.c.company_id == bindparam("company_id"),
+            _bookings.c.status == BookingStatus.PENDING.value,
+            _bookings.c.driver_id.is_(None),
+        )
+        .order_by(_bookings.c.pickup_time, _bookings.c.id)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _busy_statement(pickup: Any) -> Any:
+    """``(driver_id, pickup_time)`` of the drivers' bookings between two pickup times."""
+    return select(_bookings.c.driver_id, pickup).where(
+        _bookings.c.driver_id.in_(bindparam("drivers", expanding=True)),
+        _bookings.c.pickup_time.between(bindparam("first"), bindparam("last")),
+    )
+
+
+# psycopg already returns timestamptz as aware datetimes: on PostgreSQL the pickup times skip
+# UTCDateTime's per-row conversion (the policy only sorts and compares them); SQLite needs it
+_PG_PICKUP = type_coerce(_bookings.c.pickup_time, DateTime(timezone=True))
+_CLAIM = {True: _claim_statement(_PG_PICKUP), False: _claim_statement(_bookings.c.pickup_time)}
+_BUSY = {True: _busy_statement(_PG_PICKUP), False: _busy_statement(_bookings.c.pickup_time)}
+_LOCK_DRIVERS = (
+    select(_drivers.c.id)
+    .where(_drivers.c.company_id == bindparam("company_id"), _drivers.c.active.is_(True))
+    .order_by(_drivers.c.id)
+    .with_for_update()
+)
+_LOADS = (
+    select(_bookings.c.driver_id, func.count())
+    .where(
+        _bookings.c.driver_id.in_(bindparam("drivers", expanding=True)),
+        _bookings.c.status == BookingStatus.ASSIGNED.value,
+    )
+    .group_by(_bookings.c.driver_id)
+)
+# the two arrays travel as text literals ("{1,2,3}"): joining strings is much cheaper for
+# the client than adapting every int of a list
+_assignments = (
+    func.unnest(
+        cast(bindparam("ids", type_=String()), ARRAY(Integer)),
+        cast(bindparam("drivers", type_=String()), ARRAY(Integer)),
+    )
+    .table_valued(column("id", Integer), column("driver_id", Integer))
+    .render_derived(name="assignment")
+)
+#: PostgreSQL: one statement for a whole chunk (``updated`` is set by the column's onupdate)
+_WRITE_PG = (
+    update(_bookings)
+    .where(_bookings.c.id == _assignments.c.id)
+    .values(driver_id=_assignments.c.driver_id, status=BookingStatus.ASSIGNED.value)
+)
+#: SQLite: an executemany of the same change (in-process, no round trips to save)
+_WRITE_MANY = (
+    update(_bookings)
+    .where(_bookings.c.id == bindparam("b_id"))
+    .values(driver_id=bindparam("d_id"), status=BookingStatus.ASSIGNED.value)
+)
+_WRITTEN = ("driver_id", "status", "updated")
 
 
 @dataclass
@@ -163,83 +266,122 @@ def assign_pending_bookings(
     """Apply the dispatch policy inside the caller's unit of work (no commit, no rollback).
 
     Takes the row locks described in the module documentation, so the
-    caller's transaction should be short. Raises :class:`DoubleBookingConflict`
-    (a ``TransientError``: retry the whole transaction) if the database
-    refuses a double booking.
+    caller's transaction should be short. Flushes the caller's pending ORM
+    changes first (as a query would), writes with set-based statements, and
+    expires the ``driver_id``/``status``/``updated`` of the assigned bookings
+    this session holds, so they reload what was written. Raises
+    :class:`DoubleBookingConflict` (a ``TransientError``: retry the whole
+    transaction) if the database refuses a double booking.
     """
     now = _aware(now)
     result = DispatchResult(company_id)
-    if session.connection().dialect.name == "sqlite":
+    session.flush()  # the caller's pending changes are part of the state the policy reads
+    dialect = session.connection().dialect.name
+    postgresql = dialect == "postgresql"
+    if dialect == "sqlite":
         # SQLite's FOR UPDATE: take the database's write lock before reading anything,
         # so a concurrent dispatcher waits (busy timeout) instead of failing its commit
         session.execute(text("UPDATE bookings SET id = id WHERE 0"))
-    if session.get(Company, company_id, populate_existing=True) is None:
+    # (id, pickup_time), earliest first; each row locked, or skipped if another holds it
+    pending = session.execute(_CLAIM[postgresql], {"company_id": company_id}).all()
+    # a booking references its company (foreign key): only an empty claim needs to ask
+    if not pending and session.execute(_COMPANY, {"company_id": company_id}).first() is None:
         result.reason = COMPANY_NOT_FOUND
         return result
-
-    pending = session.scalars(
-        select(Booking)
-        .where(
-            Booking.company_id == company_id,
-            Booking.status == BookingStatus.PENDING.value,
-            Booking.driver_id.is_(None),
-        )
-        .order_by(Booking.pickup_time, Booking.id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    ).all()
-    due = []
-    for booking in pending:
-        if booking.pickup_time < now:
-            result.unassigned.append((booking.id, PICKUP_TIME_PASSED))
-        else:
-            due.append(booking)
+    first_due = bisect_left(pending, now, key=itemgetter(1))
+    result.unassigned.extend(
+        (booking_id, PICKUP_TIME_PASSED) for booking_id, _ in pending[:first_due]
+    )
+    due = pending[first_due:]
     if not due:
         return result
 
-    driver_ids = list(
-        session.scalars(
-            select(Driver.id)
-            .where(Driver.company_id == company_id, Driver.active.is_(True))
-            .order_by(Driver.id)
-            .with_for_update()
-        )
-    )
+    driver_ids = session.execute(_LOCK_DRIVERS, {"company_id": company_id}).scalars().all()
     if not driver_ids:
-        result.unassigned.extend((booking.id, NO_ACTIVE_DRIVER) for booking in due)
+        result.unassigned.extend((booking_id, NO_ACTIVE_DRIVER) for booking_id, _ in due)
         return result
 
     load: dict[int, int] = dict.fromkeys(driver_ids, 0)
-    for driver_id, count in session.execute(
-        select(Booking.driver_id, func.count())
-        .where(Booking.driver_id.in_(driver_ids), Booking.status == BookingStatus.ASSIGNED.value)
-        .group_by(Booking.driver_id)
-    ):
+    for driver_id, count in session.execute(_LOADS, {"drivers": driver_ids}):
         load[driver_id] = count
     busy: dict[datetime, set[int]] = defaultdict(set)
     for driver_id, pickup_time in session.execute(
-        select(Booking.driver_id, Booking.pickup_time).where(
-            Booking.driver_id.in_(driver_ids),
-            Booking.pickup_time.between(due[0].pickup_time, due[-1].pickup_time),
-        )
+        _BUSY[postgresql], {"drivers": driver_ids, "first": due[0][1], "last": due[-1][1]}
     ):
         busy[pickup_time].add(driver_id)
 
-    for booking in due:
-        taken = busy[booking.pickup_time]
-        free = [driver_id for driver_id in driver_ids if driver_id not in taken]
-        if not free:
-            result.unassigned.append((booking.id, ALL_DRIVERS_BUSY))
-            continue
-        chosen = min(free, key=lambda driver_id: (load[driver_id], driver_id))
-        booking.driver_id = chosen
-        booking.status = BookingStatus.ASSIGNED.value
-        load[chosen] += 1
-        taken.add(chosen)
-        result.assigned.append((booking.id, chosen))
+    assigned = _assign(due, load, busy, result)
+    if assigned:
+        _write(session, company_id, assigned, postgresql)
+    return result
 
+
+def _assign(
+    due: list[Any],
+    load: dict[int, int],
+    busy: dict[datetime, set[int]],
+    result: DispatchResult,
+) -> list[tuple[int, int]]:
+    """The policy proper, in memory: least-loaded free driver, ties to the lowest id.
+
+    ``due`` is sorted by pickup time, so the drivers this run gives a pickup time
+    only matter to the bookings right after it: ``taken`` follows the current
+    time. A heap of ``(load, driver_id)`` gives the least-loaded driver; the
+    ones busy at that time are popped, set aside and pushed back.
+    """
+    heap = [(n, driver_id) for driver_id, n in load.items()]
+    heapify(heap)
+    assigned = result.assigned
+    unassigned = result.unassigned
+    current: datetime | None = None
+    taken: set[int] = set()
+    for booking_id, pickup_time in due:
+        if pickup_time != current:
+            current = pickup_time
+            taken = set(busy.get(pickup_time, ()))
+        if not taken:
+            n, chosen = heap[0]
+            heapreplace(heap, (n + 1, chosen))
+        else:
+            skipped = []
+            while heap and heap[0][1] in taken:
+                skipped.append(heappop(heap))
+            if heap:
+                n, chosen = heap[0]
+                heapreplace(heap, (n + 1, chosen))
+            else:
+                chosen = None
+            for entry in skipped:
+                heappush(heap, entry)
+            if chosen is None:
+                unassigned.append((booking_id, ALL_DRIVERS_BUSY))
+                continue
+        taken.add(chosen)
+        assigned.append((booking_id, chosen))
+    return assigned
+
+
+def _write(
+    session: Any, company_id: int, assigned: list[tuple[int, int]], postgresql: bool
+) -> None:
+    """Write the assignments: one ``UPDATE ... FROM unnest()`` per chunk on PostgreSQL.
+
+    The claimed rows are ours (locked), so the statement changes exactly them;
+    the unique ``(driver_id, pickup_time)`` still checks every row.
+    """
     try:
-        session.flush()
+        if postgresql:
+            for start in range(0, len(assigned), WRITE_CHUNK):
+                chunk = assigned[start : start + WRITE_CHUNK]
+                session.execute(
+                    _WRITE_PG,
+                    {
+                        "ids": _int_array(b for b, _ in chunk),
+                        "drivers": _int_array(d for _, d in chunk),
+                    },
+                )
+        else:
+            session.execute(_WRITE_MANY, [{"b_id": b, "d_id": d} for b, d in assigned])
     except IntegrityError as exc:
         if _is_double_booking(exc):
             raise DoubleBookingConflict(
@@ -247,7 +389,19 @@ def assign_pending_bookings(
                 f"({exc.orig}); retrying"
             ) from exc
         raise
-    return result
+    _expire_loaded(session, dict(assigned))
+
+
+def _int_array(values: Any) -> str:
+    """A PostgreSQL integer array literal: ``{1,2,3}``."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _expire_loaded(session: Any, assigned: dict[int, int]) -> None:
+    """Expire what the set-based UPDATE changed in the bookings this session holds."""
+    for key, obj in list(session.identity_map.items()):
+        if key[0] is Booking and key[1][0] in assigned:
+            session.expire(obj, _WRITTEN)
 
 
 def _aware(now: datetime | None) -> datetime:

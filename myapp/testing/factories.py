@@ -24,12 +24,15 @@ company and is ``assigned`` unless told otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import factory
 from factory.alchemy import SQLAlchemyModelFactory, SQLAlchemyOptions
+from sqlalchemy import insert
 
 from myapp.db import current_session
 from myapp.models import Booking, Company, Driver, Invoice
@@ -168,3 +171,171 @@ __all__ = [
     "reset_sequences",
     "schedule_sequence_reset",
 ]
+
+
+def insert_company_rows(
+    conn: Any, name: str = "c", drivers: int = 0, created: datetime = BASE_PICKUP_TIME
+) -> tuple[int, list[int]]:
+    """Insert a company and ``drivers`` active drivers with Core on ``conn``; return their ids.
+
+    For tests that need rows committed outside the ``db`` fixture (real
+    concurrent dispatchers, subprocesses): the caller's ``conn`` transaction
+    (``engine.begin()``) commits them, and the caller deletes them.
+    """
+    companies, drivers_table = Company.__table__, Driver.__table__
+    company_id = conn.scalar(
+        insert(companies)
+        .values(name=name, created=created, updated=created)
+        .returning(companies.c.id)
+    )
+    driver_ids = [
+        conn.scalar(
+            insert(drivers_table)
+            .values(
+                company_id=company_id, name=f"d{i}", active=True, created=created, updated=created
+            )
+            .returning(drivers_table.c.id)
+        )
+        for i in range(drivers)
+    ]
+    return company_id, driver_ids
+
+
+def insert_booking_rows(
+    conn: Any,
+    company_id: int,
+    pickups: list[datetime],
+    status: str = "pending",
+    driver_id: int | None = None,
+    created: datetime = BASE_PICKUP_TIME,
+) -> list[int]:
+    """Insert one booking per pickup time with Core on ``conn``; return their ids, in order."""
+    bookings = Booking.__table__
+    return [
+        conn.scalar(
+            insert(bookings)
+            .values(
+                company_id=company_id,
+                pickup_time=pickup,
+                pickup_address="a",
+                dropoff_address="b",
+                status=status,
+                driver_id=driver_id,
+                created=created,
+                updated=created,
+            )
+            .returning(bookings.c.id)
+        )
+        for pickup in pickups
+    ]
+
+
+class CommittedRows:
+    """Rows committed on a test database through an engine of their own, deleted afterwards.
+
+    For tests of real concurrency (dispatchers on several connections, a
+    holder connection taking locks): the ``db`` fixture's rows would be
+    invisible to other connections. Use :func:`committed_rows`.
+    """
+
+    def __init__(self, url: str, created: datetime = BASE_PICKUP_TIME) -> None:
+        from myapp.db import Database, create_engine_for
+
+        self.engine = create_engine_for(url, pool_size=10, max_overflow=10)
+        self.database = Database(self.engine)
+        self.created = created
+        self.company_ids: list[int] = []
+
+    def company(
+        self, drivers: int, bookings: list[datetime] | tuple[datetime, ...] = (), name: str = "real"
+    ) -> tuple[int, list[int], list[int]]:
+        """A company, ``drivers`` active drivers and pending bookings at ``bookings``: their ids."""
+        with self.engine.begin() as conn:
+            company_id, driver_ids = insert_company_rows(conn, name, drivers, self.created)
+            self.company_ids.append(company_id)
+            booking_ids = insert_booking_rows(
+                conn, company_id, list(bookings), created=self.created
+            )
+        return company_id, driver_ids, booking_ids
+
+    def bookings(
+        self,
+        company_id: int,
+        pickups: list[datetime],
+        status: str = "pending",
+        driver_id: int | None = None,
+    ) -> list[int]:
+        with self.engine.begin() as conn:
+            return insert_booking_rows(
+                conn, company_id, pickups, status, driver_id, created=self.created
+            )
+
+    def rows(self, company_id: int) -> list[tuple[int, int | None, Any, str]]:
+        """``(id, driver_id, pickup_time, status)`` of the company's bookings, by id."""
+        from sqlalchemy import select
+
+        with self.engine.connect() as conn:
+            return [
+                tuple(row)
+                for row in conn.execute(
+                    select(Booking.id, Booking.driver_id, Booking.pickup_time, Booking.status)
+                    .where(Booking.company_id == company_id)
+                    .order_by(Booking.id)
+                )
+            ]
+
+    def run(self, company_id: int, now: datetime) -> Any:
+        """``myapp.services.dispatch.run`` in a scope of this engine's database."""
+        from myapp.services import dispatch
+
+        with self.database.scope():
+            return dispatch.run(company_id=company_id, now=now)
+
+    def lock_waiters(self, query_like: str, timeout: float = 30) -> int:
+        """Wait until a session of this database waits on a lock running ``query_like``.
+
+        PostgreSQL only (``pg_stat_activity``). Returns how many sessions wait
+        (0 after ``timeout`` seconds): a test can then assert a statement is
+        blocked where it expects, before releasing the lock.
+        """
+        import time
+
+        from sqlalchemy import text
+
+        deadline = time.monotonic() + timeout
+        with self.engine.connect() as probe:
+            while True:
+                waiting = probe.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query ILIKE :query"
+                    ),
+                    {"query": query_like},
+                )
+                probe.rollback()  # pg_stat_activity is a snapshot per transaction
+                if waiting or time.monotonic() > deadline:
+                    return int(waiting)
+                time.sleep(0.02)
+
+    def cleanup(self) -> None:
+        from sqlalchemy import delete
+
+        try:
+            with self.engine.begin() as conn:
+                ids = self.company_ids
+                conn.execute(delete(Booking.__table__).where(Booking.company_id.in_(ids)))
+                conn.execute(delete(Driver.__table__).where(Driver.company_id.in_(ids)))
+                conn.execute(delete(Company.__table__).where(Company.id.in_(ids)))
+        finally:
+            self.engine.dispose()
+
+
+@contextmanager
+def committed_rows(engine: Any, created: datetime = BASE_PICKUP_TIME) -> Iterator[CommittedRows]:
+    """:class:`CommittedRows` on ``engine``'s database; checks no connection is left checked out."""
+    data = CommittedRows(engine.url.render_as_string(hide_password=False), created)
+    try:
+        yield data
+        assert data.engine.pool.checkedout() == 0, "a connection is still checked out"
+    finally:
+        data.cleanup()

@@ -27,7 +27,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Engine
 
 from myapp.db import create_engine_for
-from myapp.models import Booking, Company, Driver, Invoice
+from myapp.models import Booking, Invoice
 from myapp.testing.cli import (  # noqa: F401  (re-exported to the tests)
     ROOT,
     TIMEOUT,
@@ -37,6 +37,7 @@ from myapp.testing.cli import (  # noqa: F401  (re-exported to the tests)
     myapp_command,
     write_ini,
 )
+from myapp.testing.factories import insert_company_rows
 from myapp.testing.plugin import PostgresTestDatabase, run_migrations
 
 #: a fixed creation time for rows written by the tests
@@ -96,22 +97,7 @@ class Store:
 
     def company(self, name: str = "c", drivers: int = 0) -> tuple[int, list[int]]:
         with self.engine.begin() as conn:
-            company_id = conn.scalar(
-                insert(Company.__table__)
-                .values(name=name, created=T0, updated=T0)
-                .returning(Company.__table__.c.id)
-            )
-            driver_ids = [
-                conn.scalar(
-                    insert(Driver.__table__)
-                    .values(
-                        company_id=company_id, name=f"d{i}", active=True, created=T0, updated=T0
-                    )
-                    .returning(Driver.__table__.c.id)
-                )
-                for i in range(drivers)
-            ]
-        return company_id, driver_ids
+            return insert_company_rows(conn, name, drivers, created=T0)
 
     def bookings(self, company_id: int, specs: list[tuple[datetime, str]]) -> None:
         """Bookings of ``company_id``: ``(pickup_time, status)`` each, no driver."""

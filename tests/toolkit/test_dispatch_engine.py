@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from pyramid.config import Configurator
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from myapp.db import Database, NestedTransactionError, create_engine_for, db_transaction
-from myapp.models import Booking, Company, Driver
+from myapp.db import NestedTransactionError, db_transaction
+from myapp.models import Booking, Company
 from myapp.services import dispatch as engine
 from myapp.testing import persisted_fixture
-from myapp.testing.factories import BASE_PICKUP_TIME, BookingFactory, CompanyFactory, DriverFactory
+from myapp.testing.factories import (
+    BASE_PICKUP_TIME,
+    BookingFactory,
+    CompanyFactory,
+    DriverFactory,
+    committed_rows,
+)
 from myapp.testing.plugin import threaded_wsgi
 
 T0 = BASE_PICKUP_TIME
@@ -282,85 +287,10 @@ def test_double_booking_errors_are_recognised(db, company, driver):
 # real concurrency, on the run's database with real connections ------------------
 
 
-class RealData:
-    """Committed rows on the run's database through a separate engine; deleted afterwards."""
-
-    def __init__(self, url: str) -> None:
-        self.engine = create_engine_for(url, pool_size=8, max_overflow=4)
-        self.database = Database(self.engine)
-        self.company_ids: list[int] = []
-
-    def company(self, drivers: int, bookings: list[Any]) -> tuple[int, list[int], list[int]]:
-        """A company with ``drivers`` active drivers and bookings at the given pickup times."""
-        with self.engine.begin() as conn:
-            company_id = conn.scalar(
-                insert(Company.__table__)
-                .values(name="real", created=T0, updated=T0)
-                .returning(Company.__table__.c.id)
-            )
-            self.company_ids.append(company_id)
-            driver_ids = [
-                conn.scalar(
-                    insert(Driver.__table__)
-                    .values(
-                        company_id=company_id, name=f"d{i}", active=True, created=T0, updated=T0
-                    )
-                    .returning(Driver.__table__.c.id)
-                )
-                for i in range(drivers)
-            ]
-            booking_ids = [
-                conn.scalar(
-                    insert(Booking.__table__)
-                    .values(
-                        company_id=company_id,
-                        pickup_time=pickup,
-                        pickup_address="a",
-                        dropoff_address="b",
-                        status="pending",
-                        created=T0,
-                        updated=T0,
-                    )
-                    .returning(Booking.__table__.c.id)
-                )
-                for pickup in bookings
-            ]
-        return company_id, driver_ids, booking_ids
-
-    def rows(self, company_id: int) -> list[tuple[int, int | None, Any, str]]:
-        with self.engine.connect() as conn:
-            return [
-                tuple(r)
-                for r in conn.execute(
-                    select(Booking.id, Booking.driver_id, Booking.pickup_time, Booking.status)
-                    .where(Booking.company_id == company_id)
-                    .order_by(Booking.id)
-                )
-            ]
-
-    def run(self, company_id: int) -> engine.DispatchResult:
-        with self.database.scope():
-            return engine.run(company_id=company_id, now=NOW)
-
-    def cleanup(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                ids = self.company_ids
-                conn.execute(delete(Booking.__table__).where(Booking.company_id.in_(ids)))
-                conn.execute(delete(Driver.__table__).where(Driver.company_id.in_(ids)))
-                conn.execute(delete(Company.__table__).where(Company.id.in_(ids)))
-        finally:
-            self.engine.dispose()
-
-
 @pytest.fixture
 def real(dbengine):
-    data = RealData(dbengine.url.render_as_string(hide_password=False))
-    try:
+    with committed_rows(dbengine, created=T0) as data:
         yield data
-        assert data.engine.pool.checkedout() == 0, "a connection is still checked out"
-    finally:
-        data.cleanup()
 
 
 def test_concurrent_dispatchers_never_double_assign(real, backend):
@@ -374,7 +304,7 @@ def test_concurrent_dispatchers_never_double_assign(real, backend):
     def dispatcher() -> None:
         try:
             barrier.wait(timeout=30)
-            results.append(real.run(company_id))
+            results.append(real.run(company_id, NOW))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -402,13 +332,13 @@ def test_bookings_locked_elsewhere_are_skipped(real, backend):
     try:
         holder.begin()
         holder.execute(text("SELECT id FROM bookings WHERE id = :id FOR UPDATE"), {"id": b2})
-        first = real.run(company_id)  # does not wait for b2: skips it
+        first = real.run(company_id, NOW)  # does not wait for b2: skips it
         assert [b for b, _ in first.assigned] == [b1, b3]
         assert first.unassigned == []
     finally:
         holder.rollback()
         holder.close()
-    second = real.run(company_id)
+    second = real.run(company_id, NOW)
     assert [b for b, _ in second.assigned] == [b2]
 
 
@@ -417,26 +347,14 @@ def test_loads_are_read_after_the_driver_lock(real, backend):
     company_id, (d1, d2), (booking,) = real.company(2, [at(0)])
     holder = real.engine.connect()
     result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(real.run(company_id)))
+    thread = threading.Thread(target=lambda: result.append(real.run(company_id, NOW)))
     try:
         holder.begin()
         # another transaction holds d1 (the least-loaded, lowest id) ...
         holder.execute(text("SELECT id FROM drivers WHERE id = :id FOR UPDATE"), {"id": d1})
         thread.start()
         # ... the engine waits for it (seen in pg_stat_activity, bounded wait) ...
-        deadline = time.monotonic() + 30
-        with real.engine.connect() as probe:
-            while True:
-                waiting = probe.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock' AND query ILIKE '%FROM drivers%FOR UPDATE%'"
-                    )
-                )
-                probe.rollback()  # pg_stat_activity is a snapshot per transaction
-                if waiting or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
+        waiting = real.lock_waiters("%FROM drivers%FOR UPDATE%")
         assert waiting == 1, "the dispatcher did not wait for the driver lock"
         # ... while that transaction books d1 at the same pickup time and commits
         holder.execute(
