@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy
 
-from benchmarks import batch_load, dispatch_scaling, isolation, request_overhead
+from benchmarks import batch_load, dispatch_scaling, instructions, isolation, request_overhead
 from benchmarks.common import PG_BENCH_PREFIX
 from myapp.db.settings import normalise_url
 
@@ -127,3 +128,19 @@ def test_dispatch(backend: str, request: pytest.FixtureRequest, tmp_path: Path) 
     )
     assert (tmp_path / "dispatch_postgresql.png").stat().st_size > 0
     _no_bench_database_left(request)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    code = instructions.main(
+        ["--db", "sqlite", "--requests", "3", "--warmup", "2", "--items", "10",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    data = _load(tmp_path / "instructions.json")
+    for method in instructions.METHODS:
+        per = data["results"]["sqlite"][method]
+        assert set(per) == set(request_overhead.COMPETITORS)
+        assert all(_positive(n) for n in per.values())
+        # a request of any stack costs more than the bare WSGI function's
+        assert per["bare"] < per["flask"] and per["bare"] < per["myapp"]
