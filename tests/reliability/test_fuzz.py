@@ -88,7 +88,9 @@ def test_fuzzed_requests_never_fail_and_rejected_ones_write_nothing(
     @given(data=st.data())
     def fuzz(data: Any) -> None:
         mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
-        real_ids = data.draw(st.booleans()) if names else False
+        # real ids and an authorised token twice as often as the alternatives: the assertion
+        # below (the fuzz reached the views) must not depend on a few lucky draws
+        real_ids = data.draw(st.sampled_from([True, True, False])) if names else False
         fixed = {n: ids[n] for n in names} if real_ids else None
         case = data.draw(operation.as_strategy(generation_mode=mode, path_parameters=fixed))
         if fixed is not None and isinstance(case.body, dict):
@@ -97,7 +99,7 @@ def test_fuzzed_requests_never_fail_and_rejected_ones_write_nothing(
             for key in ("driver_id", "booking_id"):
                 if isinstance(case.body.get(key), int) and data.draw(st.booleans()):
                     case.body[key] = ids[key]
-        who = data.draw(st.sampled_from(["admin", "acme", "globex", "nobody"]))
+        who = data.draw(st.sampled_from(["admin", "admin", "acme", "acme", "globex", "nobody"]))
         headers = {}
         if who != "nobody":
             headers["Authorization"] = f"Bearer {ADMIN_TOKEN if who == 'admin' else tokens[who]}"
