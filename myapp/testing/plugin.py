@@ -25,8 +25,11 @@ every way of committing fails with a message naming the marker.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
+import socket
 import sys
 import weakref
 from collections.abc import Callable, Iterator
@@ -182,18 +185,69 @@ def run_migrations(connection: Connection, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+#: this machine, in test database names (several machines may share one server)
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+#: ``myapp_test_<worker>_<host>_<pid>_<random>``
+_TEST_DATABASE_NAME = re.compile(
+    rf"^{PG_DATABASE_PREFIX}(?P<worker>[A-Za-z0-9]+)_(?P<host>[0-9a-f]{{6}})_(?P<pid>\d+)_[0-9a-f]+$"
+)
+
+
 def _worker_tag() -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"{worker}_{os.getpid()}_{secrets.token_hex(3)}"
+    return f"{worker}_{HOST_TAG}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 class PostgresTestDatabase:
-    """A PostgreSQL database created for one test run (or xdist worker) and dropped after it."""
+    """A PostgreSQL database created for one test run (or xdist worker) and dropped after it.
+
+    A run killed with SIGKILL cannot drop its database: the next run on the
+    same machine does (:meth:`drop_leftovers`), if the run that made it is
+    gone and nobody is connected to it.
+    """
 
     def __init__(self, server_url: str) -> None:
         self.server_url = make_url(normalise_url(server_url))
         self.name = f"{PG_DATABASE_PREFIX}{_worker_tag()}"
         self.url = self.server_url.set(database=self.name)
+
+    def drop_leftovers(self, conn: Connection) -> list[str]:
+        """Drop the test databases of dead runs of this machine; return their names.
+
+        Only names made by this machine (:data:`HOST_TAG`) whose process no
+        longer exists and that have no connection are dropped; databases of
+        other machines, of live runs, or in older name formats are left alone.
+        """
+        dropped = []
+        names = conn.exec_driver_sql(
+            "SELECT datname FROM pg_database WHERE datname LIKE %(pattern)s",
+            {"pattern": PG_DATABASE_PREFIX.replace("_", "\\_") + "%"},
+        ).scalars()
+        for name in list(names):
+            match = _TEST_DATABASE_NAME.match(name)
+            if match is None or match["host"] != HOST_TAG or _process_alive(int(match["pid"])):
+                continue
+            connected = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %(name)s", {"name": name}
+            ).scalar()
+            if connected:
+                continue
+            try:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            except sqlalchemy.exc.DBAPIError:  # taken meanwhile (another worker dropping it)
+                continue
+            dropped.append(name)
+        return dropped
 
     def _admin(self) -> Engine:
         return create_engine_for(
@@ -205,6 +259,7 @@ class PostgresTestDatabase:
         admin = self._admin()
         try:
             with admin.connect() as conn:
+                self.drop_leftovers(conn)
                 conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
         except Exception as exc:
             raise pytest.UsageError(

@@ -4,14 +4,18 @@ database per run (and per xdist worker) dropped afterwards, pytest-xdist."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from collections import defaultdict
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from myapp.db.settings import normalise_url
-from myapp.testing.plugin import ENV_DBURL, PG_DATABASE_PREFIX
+from myapp.testing.plugin import ENV_DBURL, HOST_TAG, PG_DATABASE_PREFIX
 
 RECORDING_TESTS = """
     import json
@@ -164,3 +168,70 @@ def test_unreachable_server_is_reported(pytester, monkeypatch, _app_modules_load
     )
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*cannot create a test database there*"])
+
+
+@pytest.mark.postgresql_only
+def test_a_killed_runs_database_is_dropped_by_the_next_run(inner, tmp_path):
+    """SIGKILL leaves the run's database behind; the next run on this machine drops it."""
+    started = tmp_path / "started"
+    inner.pytester.makepyfile(
+        test_inner_hang=textwrap.dedent(
+            f"""
+            import pathlib
+            import time
+
+            from sqlalchemy import text
+
+            def test_hang(db):
+                name = db.session.scalar(text("SELECT current_database()"))
+                pathlib.Path({str(started)!r}).write_text(name)
+                time.sleep(600)
+            """
+        )
+    )
+    command = [sys.executable, "-m", "pytest", *inner.args(), "test_inner_hang.py"]
+    proc = subprocess.Popen(
+        command, cwd=inner.pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert started.exists(), "the inner run never reached its test"
+        leftover = started.read_text()
+    finally:
+        proc.kill()  # SIGKILL: no teardown, the database stays
+        proc.wait(timeout=60)
+    assert leftover in _pg_databases(inner.dburl)
+    engine = create_engine(normalise_url(inner.dburl), isolation_level="AUTOCOMMIT")
+    deadline = time.monotonic() + 30  # until the server has noticed the closed connections
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            connected = conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": leftover},
+            )
+        if not connected:
+            break
+        time.sleep(0.1)
+
+    # a database of a live process (this one) and one of another machine are not touched
+    other_host = "000000" if HOST_TAG != "000000" else "111111"
+    kept = [
+        f"{PG_DATABASE_PREFIX}main_{HOST_TAG}_{os.getpid()}_feed01",
+        f"{PG_DATABASE_PREFIX}main_{other_host}_{proc.pid}_feed02",
+    ]
+    try:
+        with engine.connect() as conn:
+            for name in kept:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        inner.pytester.makepyfile(test_inner_hang="def test_next(db):\n    pass\n")
+        inner.run_subprocess().assert_outcomes(passed=1)
+        remaining = _pg_databases(inner.dburl)
+        assert leftover not in remaining, "the killed run's database was not dropped"
+        assert set(kept) <= remaining
+    finally:
+        with engine.connect() as conn:
+            for name in kept:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        engine.dispose()
