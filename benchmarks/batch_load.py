@@ -111,7 +111,11 @@ def current_rss_mib() -> float:
 # the competitors (each runs in its own process)
 
 
-def run_batch_orm(url: str, n: int, batch: int) -> float:
+def _run_batch(url: str, n: int, batch: int, target: Any = None) -> float:
+    """``db_batch_operation`` in a scope: one ``add()`` per row (``target`` None, seed 000's
+    style), or one ``insert(target)`` per chunk (an ORM entity or a Core table)."""
+    from sqlalchemy import insert
+
     from myapp.db import Database, db_batch_operation
     from myapp.models import Booking
 
@@ -120,60 +124,39 @@ def run_batch_orm(url: str, n: int, batch: int) -> float:
         with db.scope():
             _ready()
             start = time.perf_counter()
-            with db_batch_operation(batch_size=batch) as (session, commit_batch):
-                for row in rows(n):
-                    session.add(Booking(**row))
-                    commit_batch()
+            if target is None:
+                with db_batch_operation(batch_size=batch) as (session, commit_batch):
+                    for row in rows(n):
+                        session.add(Booking(**row))
+                        commit_batch()
+            else:
+                statement = insert(target)
+                with db_batch_operation(batch_size=batch, auto_commit_batch=False) as (
+                    session,
+                    commit_batch,
+                ):
+                    for chunk in chunks(rows(n), batch):
+                        session.execute(statement, chunk)
+                        commit_batch()
             return time.perf_counter() - start
     finally:
         db.dispose()
+
+
+def run_batch_orm(url: str, n: int, batch: int) -> float:
+    return _run_batch(url, n, batch)
 
 
 def run_batch_bulk(url: str, n: int, batch: int) -> float:
-    from sqlalchemy import insert
-
-    from myapp.db import Database, db_batch_operation
     from myapp.models import Booking
 
-    db = Database.from_url(url)
-    try:
-        with db.scope():
-            _ready()
-            start = time.perf_counter()
-            with db_batch_operation(batch_size=batch, auto_commit_batch=False) as (
-                session,
-                commit_batch,
-            ):
-                for chunk in chunks(rows(n), batch):
-                    session.execute(insert(Booking), chunk)
-                    commit_batch()
-            return time.perf_counter() - start
-    finally:
-        db.dispose()
+    return _run_batch(url, n, batch, Booking)
 
 
 def run_batch_core(url: str, n: int, batch: int) -> float:
-    from sqlalchemy import insert
-
-    from myapp.db import Database, db_batch_operation
     from myapp.models import Booking
 
-    db = Database.from_url(url)
-    table = Booking.__table__
-    try:
-        with db.scope():
-            _ready()
-            start = time.perf_counter()
-            with db_batch_operation(batch_size=batch, auto_commit_batch=False) as (
-                session,
-                commit_batch,
-            ):
-                for chunk in chunks(rows(n), batch):
-                    session.execute(insert(table), chunk)
-                    commit_batch()
-            return time.perf_counter() - start
-    finally:
-        db.dispose()
+    return _run_batch(url, n, batch, Booking.__table__)
 
 
 def run_core(url: str, n: int, batch: int) -> float:

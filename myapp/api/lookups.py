@@ -24,6 +24,12 @@ def body(request: Request) -> dict[str, Any]:
     return dict(request.openapi_validated.body or {})
 
 
+def created(request: Request, route_name: str, **ids: Any) -> None:
+    """Answer 201 Created with the new resource's URL in ``Location``."""
+    request.response.status = 201
+    request.response.location = request.route_url(route_name, **ids)
+
+
 def utc_time(data: dict[str, Any], field: str) -> datetime:
     """The validated date-time ``data[field]`` in UTC; 400 if it has no UTC equivalent.
 

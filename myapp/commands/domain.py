@@ -33,24 +33,22 @@ def period_argument(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def positive_int(value: str) -> int:
+def _whole_number(value: str, minimum: int, meaning: str) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be {meaning}, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _whole_number(value, 1, "at least 1")
 
 
 def count_argument(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {number}")
-    return number
+    return _whole_number(value, 0, "zero or more")
 
 
 def instant_argument(value: str) -> datetime:

@@ -475,14 +475,20 @@ def statement_writes(state: ORMExecuteState) -> bool:
     return bool(_WRITE_SQL.match(text))
 
 
-def _refuse_write(session: _SASession, what: str) -> None:
+def refuse_in_maintenance(
+    session: _SASession, what: str, outcome: str = "and nothing was written"
+) -> None:
+    """Raise :class:`MaintenanceMode` if ``session``'s maintenance switch is on."""
     switch = session.info.get(MAINTENANCE)
     if switch:
         reason = f" ({switch.reason})" if switch.reason else ""
         raise MaintenanceMode(
-            f"the service is in read-only maintenance mode{reason}: {what} was refused "
-            "and nothing was written"
+            f"the service is in read-only maintenance mode{reason}: {what} was refused {outcome}"
         )
+
+
+def _refuse_write(session: _SASession, what: str) -> None:
+    refuse_in_maintenance(session, what)
     if session.info.get(READ_ONLY):
         raise ReadOnlyViolation(
             f"{what} inside db_read_only(): read-only units of work cannot write; "

@@ -26,7 +26,6 @@ from transaction.interfaces import TransientError
 
 from .bridge import (
     IMPLICIT,
-    MAINTENANCE,
     MANUAL,
     READ_ONLY,
     SessionSavepoint,
@@ -34,6 +33,7 @@ from .bridge import (
     get_tm,
     is_implicit,
     join_transaction,
+    refuse_in_maintenance,
     statement_writes,
 )
 from .bridge import (
@@ -41,7 +41,6 @@ from .bridge import (
 )
 from .errors import (
     BatchFailed,
-    MaintenanceMode,
     NestedTransactionError,
     NoUnitOfWork,
     TransactionFailed,
@@ -484,13 +483,7 @@ def db_batch_operation(
         )
     scope = current_scope()
     session = scope.session
-    switch = session.info.get(MAINTENANCE)
-    if switch:
-        reason = f" ({switch.reason})" if switch.reason else ""
-        raise MaintenanceMode(
-            f"the service is in read-only maintenance mode{reason}: db_batch_operation() "
-            "was refused before writing anything"
-        )
+    refuse_in_maintenance(session, "db_batch_operation()", "before writing anything")
     state = BatchProgress()
     counted = 0  # rows flushed or written with statements since the last commit
     committing: int | None = None

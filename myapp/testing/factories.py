@@ -173,6 +173,23 @@ __all__ = [
 ]
 
 
+#: a valid JSON body for every API operation that needs one, by (route name, method);
+#: tests that walk the route table use it (a new write operation must be added here)
+VALID_API_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("api.companies", "POST"): {"name": "Initech"},
+    ("api.company", "PATCH"): {"name": "Acme Cabs SA"},
+    ("api.drivers", "POST"): {"name": "Ada"},
+    ("api.driver", "PATCH"): {"name": "Ada L."},
+    ("api.bookings", "POST"): {
+        "pickup_time": "2041-05-04T09:30:00+02:00",
+        "pickup_address": "Gare de Lausanne",
+        "dropoff_address": "EPFL",
+    },
+    ("api.booking", "PATCH"): {"pickup_address": "Gare de Renens"},
+    ("api.booking_status", "POST"): {"status": "cancelled"},
+}
+
+
 def insert_company_rows(
     conn: Any, name: str = "c", drivers: int = 0, created: datetime = BASE_PICKUP_TIME
 ) -> tuple[int, list[int]]:
@@ -292,30 +309,10 @@ class CommittedRows:
             return dispatch.run(company_id=company_id, now=now)
 
     def lock_waiters(self, query_like: str, timeout: float = 30) -> int:
-        """Wait until a session of this database waits on a lock running ``query_like``.
+        """:func:`myapp.testing.helpers.lock_waiters` on this database."""
+        from myapp.testing.helpers import lock_waiters
 
-        PostgreSQL only (``pg_stat_activity``). Returns how many sessions wait
-        (0 after ``timeout`` seconds): a test can then assert a statement is
-        blocked where it expects, before releasing the lock.
-        """
-        import time
-
-        from sqlalchemy import text
-
-        deadline = time.monotonic() + timeout
-        with self.engine.connect() as probe:
-            while True:
-                waiting = probe.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock' AND query ILIKE :query"
-                    ),
-                    {"query": query_like},
-                )
-                probe.rollback()  # pg_stat_activity is a snapshot per transaction
-                if waiting or time.monotonic() > deadline:
-                    return int(waiting)
-                time.sleep(0.02)
+        return lock_waiters(self.engine, query_like, timeout=timeout)
 
     def cleanup(self) -> None:
         from sqlalchemy import delete

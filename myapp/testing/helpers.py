@@ -9,7 +9,7 @@ rollbacks of the code under test and still vanishes after the test.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -208,3 +208,37 @@ def verify_rollback_restores_values(
             f"({len(differences)} field(s) differ):\n" + "\n".join(differences)
         )
     return reloaded
+
+
+def lock_waiters(
+    engine: Any,
+    query_like: str,
+    at_least: int = 1,
+    timeout: float = 30,
+    give_up: Callable[[], bool] | None = None,
+) -> int:
+    """Wait until ``at_least`` sessions wait on a lock while running ``query_like``.
+
+    PostgreSQL only (``pg_stat_activity``); ``query_like`` is an ``ILIKE``
+    pattern. Returns how many sessions wait once there are enough, or when
+    ``timeout`` seconds passed or ``give_up()`` answered True (say, the thread
+    that should block has ended): a test asserts on the count, then releases
+    the lock it holds.
+    """
+    import time
+
+    from sqlalchemy import text
+
+    statement = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query ILIKE :query"
+    )
+    deadline = time.monotonic() + timeout
+    with engine.connect() as probe:
+        while True:
+            waiting = int(probe.scalar(statement, {"query": query_like}))
+            probe.rollback()  # pg_stat_activity is a snapshot per transaction
+            done = give_up is not None and give_up()
+            if waiting >= at_least or done or time.monotonic() > deadline:
+                return waiting
+            time.sleep(0.02)

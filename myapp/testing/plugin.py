@@ -131,17 +131,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 
+#: errors that come from trying to commit (in the doomed mode: the note says why)
+_COMMIT_ERRORS = (
+    TransactionManaged,
+    NestedTransactionError,
+    DoomedTransaction,
+    AlreadyInTransaction,
+)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
     """In the doomed mode, say so on every error that comes from trying to commit."""
     try:
         return (yield)
-    except (
-        TransactionManaged,
-        NestedTransactionError,
-        DoomedTransaction,
-        AlreadyInTransaction,
-    ) as exc:
+    except _COMMIT_ERRORS as exc:
         _add_doomed_note(pyfuncitem, exc)
         raise
 
@@ -151,12 +155,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     """The same note when a fixture of a doomed test tries to commit."""
     try:
         return (yield)
-    except (
-        TransactionManaged,
-        NestedTransactionError,
-        DoomedTransaction,
-        AlreadyInTransaction,
-    ) as exc:
+    except _COMMIT_ERRORS as exc:
         _add_doomed_note(request.node, exc)
         raise
 

@@ -22,7 +22,7 @@ from myapp.api.spec import SPEC_PATH
 from myapp.api.tokens import hash_token
 from myapp.models import Booking, Company, Driver, Invoice
 from myapp.models.dispatch import DispatchRun
-from myapp.testing.factories import BookingFactory, DriverFactory
+from myapp.testing.factories import VALID_API_BODIES, BookingFactory, DriverFactory
 
 TABLES = (Company, Driver, Booking, Invoice, DispatchRun)
 #: the only public routes under /api: the documentation
@@ -70,20 +70,7 @@ def _spec_operations() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 SPEC = _spec_operations()
-#: a valid body for every operation that needs one (a new one must be added here)
-VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("api.companies", "POST"): {"name": "Initech"},
-    ("api.company", "PATCH"): {"name": "Acme Cabs SA"},
-    ("api.drivers", "POST"): {"name": "Ada"},
-    ("api.driver", "PATCH"): {"name": "Ada L."},
-    ("api.bookings", "POST"): {
-        "pickup_time": "2041-05-04T09:30:00+02:00",
-        "pickup_address": "Gare de Lausanne",
-        "dropoff_address": "EPFL",
-    },
-    ("api.booking", "PATCH"): {"pickup_address": "Gare de Renens"},
-    ("api.booking_status", "POST"): {"status": "cancelled"},
-}
+VALID_BODIES = VALID_API_BODIES
 
 
 def test_every_api_route_is_protected_or_documentation() -> None:

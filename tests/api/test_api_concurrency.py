@@ -9,7 +9,6 @@ connection), and the test deletes what it created.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +22,7 @@ from myapp.api.tokens import new_token_and_hash
 from myapp.db import Database, db_transaction
 from myapp.models import Booking, Company, Driver, Invoice
 from myapp.models.dispatch import DispatchRun
+from myapp.testing.helpers import lock_waiters
 
 pytestmark = pytest.mark.postgresql_only
 
@@ -179,17 +179,12 @@ def test_a_double_booking_race_is_a_409_that_writes_nothing(real: RealApp) -> No
 
         thread = threading.Thread(target=book)
         thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until B waits on A's row lock
-            waiting = real.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database() AND query ILIKE 'INSERT INTO bookings%'"
-                )
-            )
-            if waiting or not thread.is_alive():
-                break
-            time.sleep(0.05)
+        waiting = lock_waiters(  # until B waits on A's row lock
+            real.database.engine,
+            "INSERT INTO bookings%",
+            timeout=60,
+            give_up=lambda: not thread.is_alive(),
+        )
         assert waiting == 1, "request B never waited on A's uncommitted booking"
         tx.commit()
         thread.join(timeout=60)

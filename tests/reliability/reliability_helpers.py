@@ -34,6 +34,8 @@ from myapp.api.tokens import new_token_and_hash
 from myapp.db import Database, create_engine_for
 from myapp.models import Booking, Company, Driver, Invoice, Item
 from myapp.models.dispatch import DispatchRun
+from myapp.testing import apps
+from myapp.testing.factories import VALID_API_BODIES
 from myapp.testing.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,28 +60,15 @@ LEAKS = (
 def build_app(
     database: Database, configure: Callable[[Configurator], None] | None = None, **settings: Any
 ) -> Any:
-    """The real application (``config.include("myapp")``) on ``database``, plus test routes."""
-    base: dict[str, Any] = {
-        "myapp.env": "testing",
+    """:func:`myapp.testing.apps.build_app` with this suite's default settings."""
+    defaults: dict[str, Any] = {
         "myapp.expose_errors": "false",
         "myapp.session_secret": "reliability-tests-session-secret-0123456789",
-        "retry.attempts": "3",
     }
-    base.update(settings)
-    base["myapp.database"] = database
-    with Configurator(settings=base) as config:
-        config.include("myapp")
-        if configure is not None:
-            configure(config)
-    return config.make_wsgi_app()
+    return apps.build_app(database, configure, **{**defaults, **settings})
 
 
-def add_view(config: Configurator, path: str, view: Callable[..., Any], **options: Any) -> None:
-    """Register ``view(request)`` (JSON renderer) at ``path``."""
-    name = "t_" + re.sub(r"\W", "_", path.strip("/"))
-    config.add_route(name, path)
-    options.setdefault("renderer", "json")
-    config.add_view(view, route_name=name, **options)
+add_view = apps.add_view
 
 
 def client(app: Any) -> webtest.TestApp:
@@ -326,20 +315,7 @@ class LoopbackProxy:
 #: the documentation routes: the only public ones under /api
 DOC_ROUTES = {"apidocs.spec", "apidocs.explorer", "apidocs.oauth2_redirect"}
 
-#: a valid body for every API operation that needs one (a new one must be added here)
-VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("api.companies", "POST"): {"name": "Initech"},
-    ("api.company", "PATCH"): {"name": "Acme Cabs SA"},
-    ("api.drivers", "POST"): {"name": "Ada"},
-    ("api.driver", "PATCH"): {"name": "Ada L."},
-    ("api.bookings", "POST"): {
-        "pickup_time": "2041-05-04T09:30:00+02:00",
-        "pickup_address": "Gare de Lausanne",
-        "dropoff_address": "EPFL",
-    },
-    ("api.booking", "PATCH"): {"pickup_address": "Gare de Renens"},
-    ("api.booking_status", "POST"): {"status": "cancelled"},
-}
+VALID_BODIES = VALID_API_BODIES
 
 
 def route_table(app: Any) -> list[tuple[str, str, str, str]]:

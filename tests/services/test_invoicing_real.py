@@ -22,6 +22,7 @@ from sqlalchemy import insert, select
 from myapp.db import Database, create_engine_for
 from myapp.models import Booking, Invoice
 from myapp.services.invoicing import InvoicingSummary, generate_invoices, parse_period
+from myapp.testing.helpers import lock_waiters
 
 from .conftest import T0, Store
 
@@ -210,17 +211,14 @@ def test_the_loser_of_a_race_skips_what_the_winner_wrote(store: Store) -> None:
         racer = threading.Thread(target=race)
         racer.start()
         try:
-            deadline = time.monotonic() + 30
-            while (
-                store.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO invoices%'"
-                )
-                < 2
-            ):
-                assert racer.is_alive(), "the generators did not wait for the holder"
-                assert time.monotonic() < deadline, "the generators never blocked"
-                time.sleep(0.01)
+            waiting = lock_waiters(
+                store.engine,
+                "INSERT INTO invoices%",
+                at_least=2,
+                give_up=lambda: not racer.is_alive(),
+            )
+            assert racer.is_alive(), "the generators did not wait for the holder"
+            assert waiting >= 2, "the generators never blocked"
             holder.commit()
         finally:
             racer.join(timeout=120)

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from myapp.db import Database, create_engine_for
 from myapp.db.bridge import current_transaction, get_tm
 from myapp.models import Item
+from myapp.testing import apps
 from myapp.testing.plugin import threaded_wsgi
 
 ITEMS = Item.__table__
@@ -37,27 +38,12 @@ ITEMS = Item.__table__
 def build_app(
     database: Database, configure: Callable[[Configurator], None] | None = None, **settings: Any
 ) -> Any:
-    """The real application (``config.include("myapp")``) on ``database``, plus test routes."""
-    base: dict[str, Any] = {
-        "myapp.env": "testing",
-        "myapp.expose_errors": "true",
-        "retry.attempts": "3",
-    }
-    base.update(settings)
-    base["myapp.database"] = database
-    with Configurator(settings=base) as config:
-        config.include("myapp")
-        if configure is not None:
-            configure(config)
-    return config.make_wsgi_app()
+    """:func:`myapp.testing.apps.build_app` with this suite's default settings."""
+    defaults: dict[str, Any] = {"myapp.expose_errors": "true"}
+    return apps.build_app(database, configure, **{**defaults, **settings})
 
 
-def add_view(config: Configurator, path: str, view: Callable[..., Any], **options: Any) -> None:
-    """Register ``view`` (a ``view(request)`` callable, JSON renderer) at ``path``."""
-    name = "t_" + path.strip("/").replace("/", "_").replace("-", "_")
-    config.add_route(name, path)
-    options.setdefault("renderer", "json")
-    config.add_view(view, route_name=name, **options)
+add_view = apps.add_view
 
 
 def threaded(app: Any, request_thread: Any) -> webtest.TestApp:

@@ -12,7 +12,14 @@ from myapp.models import Booking
 
 from .. import booking_rules as rules
 from ..errors import BadField, Conflict
-from ..lookups import assignable_driver, body, booking_or_404, company_or_404, utc_time
+from ..lookups import (
+    assignable_driver,
+    body,
+    booking_or_404,
+    company_or_404,
+    created,
+    utc_time,
+)
 from ..pagination import paginate
 from . import api_view
 
@@ -60,10 +67,7 @@ def create_booking(request: Request) -> dict[str, Any]:
         rules.assign(booking, assignable_driver(request, company.id, data["driver_id"]))
     request.dbsession.add(booking)
     rules.flush_booking(request.dbsession, booking)
-    request.response.status = 201
-    request.response.location = request.route_url(
-        "api.booking", company_id=company.id, booking_id=booking.id
-    )
+    created(request, "api.booking", company_id=company.id, booking_id=booking.id)
     return serialize_booking(booking)
 
 

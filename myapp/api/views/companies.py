@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from myapp.models import Company
 
-from ..lookups import body, company_or_404
+from ..lookups import body, company_or_404, created
 from ..pagination import paginate
 from ..tokens import new_token_and_hash
 from . import api_view
@@ -31,8 +31,7 @@ def create_company(request: Request) -> dict[str, Any]:
     company = Company(name=data["name"].strip(), api_token_hash=token_hash)
     request.dbsession.add(company)
     request.dbsession.flush()
-    request.response.status = 201
-    request.response.location = request.route_url("api.company", company_id=company.id)
+    created(request, "api.company", company_id=company.id)
     return {**serialize_company(company), "api_token": token}
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from myapp.models import Driver
 
-from ..lookups import body, company_or_404, driver_or_404
+from ..lookups import body, company_or_404, created, driver_or_404
 from ..pagination import paginate
 from . import api_view
 
@@ -42,10 +42,7 @@ def create_driver(request: Request) -> dict[str, Any]:
     )
     request.dbsession.add(driver)
     request.dbsession.flush()
-    request.response.status = 201
-    request.response.location = request.route_url(
-        "api.driver", company_id=company.id, driver_id=driver.id
-    )
+    created(request, "api.driver", company_id=company.id, driver_id=driver.id)
     return serialize_driver(driver)
 
 
