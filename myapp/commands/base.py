@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any, ClassVar, TypeVar
 
-from myapp.db.bridge import current_transaction
+from myapp.db import current_transaction
 
 PROG = "myapp"
 #: Default ini file when neither ``-c/--config`` nor ``MYAPP_CONFIG`` is given.

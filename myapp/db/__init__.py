@@ -8,12 +8,16 @@ public API:
 * finding the unit of work: :func:`current_session`, :func:`current_scope`;
 * units of work: :class:`db_transaction`, :class:`savepoint`,
   :func:`db_read_only`, :func:`db_batch_operation`, :func:`is_in_transaction`,
-  :func:`on_commit`, :func:`get_tm`;
+  :func:`get_rollback`, :func:`set_rollback`, :func:`mark_for_rollback_on_error`,
+  :func:`on_commit`;
+* the transaction manager: :func:`get_tm`, :func:`current_transaction`,
+  :func:`join_transaction`, :func:`mark_changed`;
 * models: :class:`Base`, :class:`BaseModel`, :func:`init_db`;
 * errors: see :mod:`myapp.db.errors`.
 """
 
-from .bridge import MaintenanceSwitch, Session, get_tm, mark_changed, on_commit
+from .batch import BatchProgress, db_batch_operation
+from .datamanager import join_transaction, mark_changed
 from .engine import create_engine_for, engine_from_settings
 from .errors import (
     BatchFailed,
@@ -26,17 +30,22 @@ from .errors import (
     TransactionFailed,
     TransactionManaged,
 )
+from .hooks import on_commit
+from .manager import current_transaction, get_tm
 from .model import Base, BaseModel, UTCDateTime, init_db, utcnow
+from .retry import is_disconnect, is_transient
 from .scope import Database, Scope, current_scope, current_session, make_session_factory
+from .session import Session
 from .units import (
-    BatchProgress,
-    db_batch_operation,
     db_read_only,
     db_transaction,
+    get_rollback,
     is_in_transaction,
-    is_transient,
+    mark_for_rollback_on_error,
     savepoint,
+    set_rollback,
 )
+from .writes import MaintenanceSwitch
 
 __all__ = [
     "Base",
@@ -59,17 +68,23 @@ __all__ = [
     "create_engine_for",
     "current_scope",
     "current_session",
+    "current_transaction",
     "db_batch_operation",
     "db_read_only",
     "db_transaction",
     "engine_from_settings",
+    "get_rollback",
     "get_tm",
     "init_db",
+    "is_disconnect",
     "is_in_transaction",
     "is_transient",
+    "join_transaction",
     "make_session_factory",
     "mark_changed",
+    "mark_for_rollback_on_error",
     "on_commit",
     "savepoint",
+    "set_rollback",
     "utcnow",
 ]

@@ -45,12 +45,12 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid_retry import is_last_attempt, mark_error_retryable
-from transaction._transaction import Status
 
-from .bridge import current_transaction, get_tm
+from .compat import Status
 from .engine import sqlite_write_intent
+from .manager import current_transaction, get_tm
+from .retry import is_disconnect, is_transient
 from .scope import Database, Scope
-from .units import is_disconnect, is_transient
 
 log = logging.getLogger("myapp.db")
 
@@ -85,13 +85,13 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
     db: Database = registry["db"]
 
     def db_guard_tween(request: Request) -> Response:
-        tm = get_tm()
-        stale = current_transaction(tm)
+        manager = get_tm().manager
+        stale = manager.current
         if stale is not None:  # never start a request inside someone else's transaction
             log.error(
                 "a transaction was left open on this thread before %s; aborting it", request.path
             )
-            tm.abort()
+            manager.abort_all()
         scope = Scope(db.session_factory, database=db, autobegin=False, kind="request")
         setattr(request, SCOPE_ATTR, scope)
         intent = sqlite_write_intent() if request.method not in SAFE_METHODS else nullcontext()
@@ -100,7 +100,7 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
                 return handler(request)
         finally:
             try:
-                leftover = current_transaction(tm)
+                leftover = manager.current
                 if leftover is not None:
                     # pyramid_tm does not abort after a failed commit or a
                     # before-commit hook that raised (the error was rendered).
@@ -109,7 +109,7 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
                         request.path,
                         leftover.status,
                     )
-                    tm.abort()
+                    manager.abort_all()
             finally:
                 scope.close()
 

@@ -21,20 +21,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import sessionmaker
 
-from .bridge import (
-    AUTOBEGIN,
-    DATABASE,
-    MAINTENANCE,
-    SESSION,
-    MaintenanceSwitch,
-    Session,
-    current_transaction,
-    get_tm,
-    install_failure_guard,
-    is_implicit,
-    register,
-)
+from .datamanager import SESSION
 from .errors import NoScope
+from .guard import install_failure_guard
+from .manager import current_transaction, get_tm, unit_manager
+from .nesting import is_implicit
+from .session import AUTOBEGIN, DATABASE, Session, register
+from .writes import MAINTENANCE, MaintenanceSwitch
 
 if TYPE_CHECKING:
     import transaction
@@ -250,29 +243,32 @@ class Database:
     def scope(self, session: Session | None = None, *, autobegin: bool = True) -> Iterator[Session]:
         """Open a scope: yields its session; at exit, discards what was not committed and closes.
 
-        Writes commit through ``db_transaction()``, ``save()``, ``session.commit()``
-        or ``with transaction.manager:`` inside the block. A scope opened inside
-        another scope of the same database reuses its session.
+        The session may be used outside any unit of work: its first use begins
+        an *implicit* unit of work, committed by ``session.commit()`` or
+        ``save()``, adopted (and committed at its end) by ``db_transaction()``
+        or ``with transaction.manager:`` inside the block, and rolled back when
+        the scope ends. A scope opened inside another scope of the same
+        database reuses its session.
         """
         outer = _current.get()
         if session is None and outer is not None and outer.database is self:
             yield outer.session
             return
-        tm = get_tm()
-        before = current_transaction(tm)
+        manager = unit_manager()
+        before = manager.current
         scope = Scope(self.session_factory, session=session, database=self, autobegin=autobegin)
         try:
             with scope.activate():
                 yield scope.session
         finally:
             try:
-                txn = current_transaction(tm)
+                txn = manager.current
                 if txn is not None and txn is not before:
                     if not is_implicit(txn):
                         log.warning(
                             "a unit of work was left open at the end of a scope; aborting it"
                         )
-                    tm.abort()
+                    manager.abort_all()
             finally:
                 scope.close()
 

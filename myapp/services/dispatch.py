@@ -89,11 +89,11 @@ from transaction.interfaces import TransientError
 from myapp.db import (
     NestedTransactionError,
     current_session,
+    current_transaction,
     db_transaction,
     is_in_transaction,
     utcnow,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Booking, BookingStatus, Company, Driver
 
 log = logging.getLogger(__name__)

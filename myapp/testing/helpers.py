@@ -1,4 +1,4 @@
-"""Test helpers with the seeds' names (seed 000 and seed 001).
+"""Test helpers: persisted fixtures, commits and rollbacks inside one test.
 
 All of them take ``db`` (the fixture) or a session, and work on the test's
 session: in the ``db`` fixture, a "commit" is a savepoint release inside the
@@ -15,15 +15,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import inspect, select
 
-from myapp.db.bridge import (
-    COMMIT_FLOOR,
-    IMPLICIT,
-    begin_implicit,
-    current_transaction,
-    get_tm,
-    is_implicit,
-    join_transaction,
-)
+from myapp.db import join_transaction
+from myapp.db.manager import unit_manager
+from myapp.db.nesting import Nesting, Unit, UnitSavepoint
+from myapp.db.session import begin_implicit
 
 T = TypeVar("T")
 
@@ -84,13 +79,14 @@ def ensure_committed(db: Any) -> Iterator[Any]:
     ``nested_savepoint()``), where a commit cannot happen.
     """
     session = _session(db)
-    txn = current_transaction(get_tm())
+    nesting = unit_manager().nesting
+    txn = nesting.manager.current
     if txn is not None and txn.isDoomed():
         raise RuntimeError(
             "ensure_committed() in a doomed transaction cannot commit: in the test suite this "
             "is the @pytest.mark.doomed mode; drop the marker to commit"
         )
-    if txn is not None and not is_implicit(txn):
+    if nesting.in_unit_of_work():
         raise RuntimeError(
             "ensure_committed() inside an open unit of work cannot commit: leave the "
             "db_transaction(), 'with transaction.manager:' or nested_savepoint() block first"
@@ -100,20 +96,23 @@ def ensure_committed(db: Any) -> Iterator[Any]:
     session.commit()
 
 
-class _Floor:
-    """What ``session.commit()`` flushes up to and ``session.rollback()`` returns to.
+class _Floor(Unit):
+    """The unit :func:`nested_savepoint` puts on the nesting stack.
 
-    Re-armed after every rollback, so that work done after a rollback inside
-    :func:`nested_savepoint` is still covered by a savepoint.
+    Units of work inside it nest (it is an enclosing unit); ``session.commit()``
+    only flushes and ``session.rollback()`` returns to its savepoint (re-taken,
+    so that work done after a rollback is still covered).
     """
 
-    def __init__(self, txn: Any) -> None:
-        self.txn = txn
-        self.savepoint = txn.savepoint()
+    kind = "nested_savepoint()"
 
-    def rollback(self) -> None:
+    def session_commit(self, nesting: Nesting, session: Any) -> None:
+        session.flush()
+
+    def session_rollback(self, nesting: Nesting, session: Any) -> None:
+        assert self.savepoint is not None
         self.savepoint.rollback()
-        self.savepoint = self.txn.savepoint()
+        self.savepoint = UnitSavepoint(self.txn, session)
 
 
 @contextmanager
@@ -122,35 +121,25 @@ def nested_savepoint(db: Any) -> Iterator[Any]:
 
     Inside, ``db.session.commit()`` only flushes, ``db.session.rollback()``
     returns to the savepoint, and ``db_transaction()`` nests (a savepoint of
-    its own) instead of committing. A durable unit of work (a durable
-    ``db_transaction``, ``engine.run``) is refused there: its commit could
-    not be undone. For partial-rollback scenarios inside one test; the
-    ``db`` fixture already isolates tests from each other.
+    its own) instead of committing. A unit of work that commits by itself (a
+    durable ``db_transaction``, ``engine.run``, a batch) is refused there:
+    its commit could not be undone; so is ``transaction.commit()``. For
+    partial-rollback scenarios inside one test; the ``db`` fixture already
+    isolates tests from each other.
     """
     session = _session(db)
-    tm = get_tm()
-    txn = current_transaction(tm)
+    nesting = unit_manager().nesting
+    txn = nesting.manager.current
     if txn is None:
-        txn = begin_implicit(tm)
+        txn = begin_implicit(nesting.manager)
     join_transaction(session)
-    floor = _Floor(txn)
-    was_implicit = txn.extension.pop(IMPLICIT, None)  # units of work now nest instead of commit
-    previous = session.info.get(COMMIT_FLOOR)
-    session.info[COMMIT_FLOOR] = floor
+    floor = _Floor(txn, outermost=False, savepoint=UnitSavepoint(txn, session))
+    nesting.push(floor)
     try:
         yield session
     finally:
-        if previous is None:
-            session.info.pop(COMMIT_FLOOR, None)
-        else:
-            session.info[COMMIT_FLOOR] = previous
-        if current_transaction(tm) is not txn:
-            raise RuntimeError(
-                "nested_savepoint(): the transaction it was taken in ended inside the block "
-                "(a commit or abort through transaction.manager); its changes cannot be rolled back"
-            )
-        if was_implicit:
-            txn.extension[IMPLICIT] = was_implicit
+        nesting.pop(floor)
+        assert floor.savepoint is not None
         floor.savepoint.rollback()
         session.expire_all()
 

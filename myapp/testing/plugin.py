@@ -44,8 +44,15 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from transaction.interfaces import AlreadyInTransaction, DoomedTransaction
 
-from myapp.db import Database, NestedTransactionError, TransactionManaged, create_engine_for
-from myapp.db.bridge import current_transaction, get_tm, is_implicit
+from myapp.db import (
+    Database,
+    NestedTransactionError,
+    TransactionManaged,
+    create_engine_for,
+    current_transaction,
+    get_tm,
+)
+from myapp.db.nesting import is_implicit
 from myapp.db.scope import Scope
 from myapp.db.settings import normalise_url
 
@@ -493,7 +500,7 @@ class RequestThread:
         return self.executor.submit(lambda: current_transaction(get_tm())).result()
 
     def abort(self) -> None:
-        self.executor.submit(lambda: get_tm().abort()).result()
+        self.executor.submit(lambda: get_tm().manager.abort_all()).result()
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -550,7 +557,7 @@ class _IsolatedDB(AbstractContextManager[TestDB]):
         tracker = self._tracker = ConnectionTracker.for_engine(engine)
         tm = self._tm = get_tm()
         if current_transaction(tm) is not None:
-            tm.abort()
+            tm.manager.abort_all()
         _schedule_factory_sequence_reset()
         self._before = tracker.snapshot()
         connection = self._connection = tracker.connect_own(engine)
@@ -618,7 +625,7 @@ class _IsolatedDB(AbstractContextManager[TestDB]):
                     if txn is _UNKNOWN:
                         txn = current_transaction(self._tm)
                     if txn is not None:
-                        self._tm.abort()
+                        self._tm.manager.abort_all()
                 finally:
                     if self._scope is not None:
                         self._scope.close()

@@ -13,8 +13,7 @@ from sqlalchemy import select
 from myapp.api.durable import activate_hook
 from myapp.api.security import CompanyContext as Ctx
 from myapp.api.tokens import hash_token
-from myapp.db import current_session
-from myapp.db.bridge import current_transaction
+from myapp.db import current_session, current_transaction
 from myapp.models import Booking
 from myapp.models.dispatch import DispatchRun
 from myapp.testing.factories import BookingFactory, DriverFactory

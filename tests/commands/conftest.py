@@ -114,7 +114,7 @@ class InProcess:
 
     def __call__(self, *argv: str, registry: Any = None) -> Result:
         from myapp.commands import main
-        from myapp.db.bridge import current_transaction, get_tm
+        from myapp.db import current_transaction, get_tm
 
         status = main(["-c", str(self.cli.ini), *argv], registry=registry)
         out, err = self.capsys.readouterr()

@@ -15,7 +15,7 @@ from .conftest import Cli, InProcess, assert_one_error_line, myapp_command, run_
 
 SEES_THE_APPLICATION = """
 from myapp.db import current_session, is_in_transaction
-from myapp.db.bridge import current_transaction
+from myapp.db import current_transaction
 assert is_in_transaction(), "the code runs inside the command's unit of work"
 assert current_session() is dbsession is request.dbsession
 assert db is registry["db"] and tm is request.tm

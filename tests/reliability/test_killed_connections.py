@@ -39,8 +39,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from myapp import main
-from myapp.db import current_session, db_transaction, get_tm
-from myapp.db.bridge import current_transaction
+from myapp.db import current_session, current_transaction, db_transaction, get_tm
 from myapp.models import Item
 
 pytestmark = pytest.mark.postgresql_only

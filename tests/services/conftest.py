@@ -202,7 +202,7 @@ class InProcess:
 
     def __call__(self, *argv: str) -> Result:
         from myapp.commands import main
-        from myapp.db.bridge import current_transaction, get_tm
+        from myapp.db import current_transaction, get_tm
 
         status = main(["-c", str(self.store.ini), *argv])
         out, err = self.capsys.readouterr()

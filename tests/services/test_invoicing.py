@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from myapp.db import NestedTransactionError, current_session, db_transaction
-from myapp.db.bridge import current_transaction
+from myapp.db import NestedTransactionError, current_session, current_transaction, db_transaction
 from myapp.models import Booking, Invoice
 from myapp.services.invoicing import (
     InvalidPeriod,

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from stack_helpers import ConnectionStack, RealStack
 
-from myapp.db.bridge import get_tm
+from myapp.db import get_tm
 
 
 @pytest.fixture(params=["connection", "real"])

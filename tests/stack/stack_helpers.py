@@ -26,8 +26,7 @@ from pyramid.config import Configurator
 from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.engine import Engine
 
-from myapp.db import Database, create_engine_for
-from myapp.db.bridge import current_transaction, get_tm
+from myapp.db import Database, create_engine_for, current_transaction, get_tm
 from myapp.models import Item
 from myapp.testing import apps
 from myapp.testing.plugin import threaded_wsgi

@@ -28,8 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from myapp.db import Database, create_engine_for, db_transaction
-from myapp.db.bridge import get_tm
+from myapp.db import Database, create_engine_for, db_transaction, get_tm
 from myapp.db.sqlite import savepoints_supported
 from myapp.models import Item
 

@@ -15,7 +15,7 @@ import pytest
 import transaction
 from sqlalchemy import func, select
 
-from myapp.db.bridge import current_transaction, get_tm
+from myapp.db import current_transaction, get_tm
 from myapp.models import Company
 from myapp.testing.plugin import ConnectionTracker, LeakError, isolated_db
 

@@ -14,7 +14,7 @@ LEAKY_TESTS = """
     import transaction
     from sqlalchemy import func, select, text
 
-    from myapp.db.bridge import get_tm
+    from myapp.db import get_tm
     from myapp.models import Company
 
     LEAKED = []
@@ -38,7 +38,7 @@ LEAKY_TESTS = """
         db.session.add(Company(name="never committed"))
 
     def test_after_the_open_unit_of_work(db):
-        from myapp.db.bridge import current_transaction
+        from myapp.db import current_transaction
         txn = current_transaction()
         assert txn is None
         assert db.session.scalar(select(func.count()).select_from(Company)) == 0

@@ -23,8 +23,7 @@ from pyramid.config import Configurator
 from sqlalchemy import delete, event, func, select
 from sqlalchemy.engine import Engine
 
-from myapp.db import Database, create_engine_for
-from myapp.db.bridge import current_transaction, get_tm
+from myapp.db import Database, create_engine_for, current_transaction, get_tm
 from myapp.db.scope import active_scope
 from myapp.models import Event, Item
 from myapp.testing.plugin import threaded_wsgi

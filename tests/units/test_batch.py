@@ -12,10 +12,10 @@ from myapp.db import (
     BatchFailed,
     BatchProgress,
     NestedTransactionError,
+    current_transaction,
     db_batch_operation,
     db_transaction,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Event, Item
 
 from .conftest import count_events, make_app
@@ -106,7 +106,7 @@ def test_refused_inside_a_request(db: Any, database: Any, request_thread: Any) -
         return {}
 
     app = make_app(database, {"/batch": view}, request_thread)
-    with pytest.raises(NestedTransactionError, match="cannot run inside another transaction"):
+    with pytest.raises(NestedTransactionError, match="cannot run inside another unit of work"):
         app.post("/batch")
     assert db.session.scalar(select(func.count()).select_from(Item)) == 0
 
@@ -166,7 +166,7 @@ def test_keyset_batches_of_updates_keep_the_identity_map_small(db: Any) -> None:
 
 def test_the_pending_count_agrees_with_the_sessions_public_sets(db: Any) -> None:
     """``_pending_changes`` reads SQLAlchemy's bookkeeping; it must match the public sets."""
-    from myapp.db.units import _pending_changes
+    from myapp.db.compat import pending_changes as _pending_changes
 
     def public(session: Any) -> int:
         return len(session.new) + len(session.dirty) + len(session.deleted)

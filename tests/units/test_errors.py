@@ -20,10 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from myapp.db import (
     TransactionFailed,
     current_session,
+    current_transaction,
     db_transaction,
     savepoint,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Event
 from myapp.testing.plugin import threaded_wsgi
 

@@ -16,10 +16,10 @@ from myapp.db import (
     Base,
     Database,
     current_session,
+    current_transaction,
     db_transaction,
     init_db,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Booking, Event
 
 from .conftest import capture_sql, event_ids, make_app

@@ -11,12 +11,12 @@ from sqlalchemy import text
 
 from myapp.db import (
     current_session,
+    current_transaction,
     db_transaction,
     is_in_transaction,
     on_commit,
     savepoint,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Event
 
 from .conftest import event_ids, make_app
@@ -124,7 +124,7 @@ def test_dropped_by_transaction_savepoint_rollback(db: Any) -> None:
     assert calls == ["kept", "before"]
 
 
-def test_a_failing_hook_is_logged_and_does_not_undo_the_commit(db: Any, caplog: Any) -> None:
+def test_a_failing_robust_hook_is_logged_and_does_not_undo_the_commit(db: Any, caplog: Any) -> None:
     caplog.set_level(logging.ERROR, logger="myapp.db.on_commit")
     calls: list[str] = []
 
@@ -133,7 +133,7 @@ def test_a_failing_hook_is_logged_and_does_not_undo_the_commit(db: Any, caplog: 
 
     with db_transaction():
         add("committed")
-        on_commit(failing)
+        on_commit(failing, robust=True)
         on_commit(lambda: calls.append("next hook"))
     assert calls == ["next hook"]
     assert current_transaction() is None
@@ -141,6 +141,47 @@ def test_a_failing_hook_is_logged_and_does_not_undo_the_commit(db: Any, caplog: 
     (record,) = [r for r in caplog.records if r.name == "myapp.db.on_commit"]
     assert "failed after the commit" in record.getMessage()
     assert record.exc_info[0] is Boom
+
+
+def test_a_failing_hook_propagates_after_the_commit_and_drops_the_next_ones(db: Any) -> None:
+    """Django's rule for a hook registered without robust=True: the data is committed."""
+    calls: list[str] = []
+
+    def failing() -> None:
+        raise Boom("the mail server is down")
+
+    with pytest.raises(Boom, match="mail server"):
+        with db_transaction():
+            add("committed")
+            on_commit(failing)
+            on_commit(lambda: calls.append("next hook"))
+    assert calls == []
+    assert current_transaction() is None
+    assert event_ids(db.session) == {"committed"}
+    with db_transaction():  # the next unit of work has none of those hooks
+        add("again")
+    assert calls == []
+
+
+def test_a_non_callable_is_a_type_error_inside_and_outside(db: Any) -> None:
+    with pytest.raises(TypeError, match="callable"):
+        on_commit(None)  # type: ignore[arg-type]
+    with db_transaction():
+        with pytest.raises(TypeError, match="callable"):
+            on_commit("send_mail")  # type: ignore[arg-type]
+
+
+def test_outside_a_transaction_a_failing_hook_propagates_unless_robust(
+    db: Any, caplog: Any
+) -> None:
+    def failing() -> None:
+        raise Boom("now")
+
+    with pytest.raises(Boom):
+        on_commit(failing)
+    caplog.set_level(logging.ERROR, logger="myapp.db.on_commit")
+    on_commit(failing, robust=True)
+    assert [r.exc_info[0] for r in caplog.records if r.name == "myapp.db.on_commit"] == [Boom]
 
 
 def test_outside_a_transaction_it_runs_at_once(db: Any) -> None:

@@ -15,13 +15,13 @@ from myapp.db import (
     ReadOnlyViolation,
     create_engine_for,
     current_session,
+    current_transaction,
     db_batch_operation,
     db_read_only,
     db_transaction,
     init_db,
     is_in_transaction,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Base, Event
 
 from .conftest import capture_sql, event_ids, writes

@@ -23,10 +23,10 @@ from myapp.db import (
     NoUnitOfWork,
     current_scope,
     current_session,
+    current_transaction,
     db_transaction,
     is_in_transaction,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Event
 
 from .conftest import event_ids, make_app

@@ -21,11 +21,11 @@ from myapp.db import (
     NoUnitOfWork,
     TransactionManaged,
     current_session,
+    current_transaction,
     db_transaction,
     is_in_transaction,
     savepoint,
 )
-from myapp.db.bridge import current_transaction
 from myapp.models import Event, Item
 
 from .conftest import count_events, event_ids
@@ -86,12 +86,21 @@ def test_as_a_decorator(db: Any) -> None:
     assert event_ids(db.session) == {"a", "b"}
 
 
-def test_a_bare_decorator_is_refused_clearly() -> None:
-    with pytest.raises(TypeError, match="parentheses"):
+def test_a_bare_decorator_is_a_unit_of_work(db: Any) -> None:
+    @db_transaction
+    def create() -> bool:
+        return is_in_transaction()
 
-        @db_transaction
-        def create() -> None:
-            pass
+    assert create() is True
+    assert db_transaction(create)() is True
+    assert current_transaction() is None
+
+
+def test_a_decorator_on_a_non_callable_is_refused_clearly() -> None:
+    with pytest.raises(TypeError, match="decorates a callable"):
+        db_transaction()(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected True or False"):
+        db_transaction(42)  # type: ignore[arg-type]
 
 
 def test_outermost_adopts_the_scopes_implicit_unit_of_work(db: Any) -> None:
@@ -306,7 +315,7 @@ def test_base_exceptions_are_never_swallowed(db: Any) -> None:
 
 
 def test_savepoint_needs_a_transaction(db: Any) -> None:
-    with pytest.raises(NoUnitOfWork, match="needs an active transaction"):
+    with pytest.raises(NoUnitOfWork, match="needs an active unit of work"):
         with savepoint():
             pass
 
@@ -459,7 +468,7 @@ def test_current_transaction_is_what_the_manager_says() -> None:
     """``current_transaction`` reads an explicit manager's transaction directly: same as get()."""
     from transaction.interfaces import NoTransaction
 
-    from myapp.db.bridge import get_tm
+    from myapp.db import get_tm
 
     def by_the_book(tm: Any) -> Any:
         try:

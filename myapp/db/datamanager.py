@@ -1,0 +1,164 @@
+"""The data manager that joins a SQLAlchemy session to a ``transaction``.
+
+zope.sqlalchemy's one-phase ``SessionDataManager``, changed where myapp needs
+it to behave differently:
+
+* Sessions are kept across units of work (``keep_session=True``), but the
+  data manager really ends the SQLAlchemy transaction: it rolls back on abort
+  (zope.sqlalchemy only expires objects there and leaves the connection
+  checked out: its issue #14) and commits every successful unit of work,
+  read-only ones included (zope.sqlalchemy rolls back a session that wrote
+  nothing it saw; writes made with raw DBAPI calls would be lost). Closing
+  the session is the job of the scope that opened it.
+* Its savepoints can be RELEASEd, and RELEASE themselves after a rollback
+  (SQLAlchemy leaves a rolled-back savepoint open on the server).
+* Savepoints work on SQLite engines that carry the workaround of
+  :mod:`myapp.db.sqlite`.
+* ``should_retry`` (the ``transaction`` package's retry protocol, used by
+  ``TransactionManager.attempts()``/``run()`` and ``Transaction.isRetryableError``)
+  answers with :func:`myapp.db.retry.is_retryable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+from zope.sqlalchemy import datamanager as zdm
+
+from . import compat
+from .errors import NoUnitOfWork
+from .manager import current_transaction, get_tm
+from .sqlite import savepoints_supported
+
+log = logging.getLogger("myapp.db.tx")
+
+#: ``Transaction.extension`` key: the first session joined to the transaction.
+SESSION = "myapp.session"
+#: ``Transaction.extension`` key: the SQL savepoints taken in the transaction, oldest first.
+SAVEPOINTS = "myapp.savepoints"
+
+
+def sql_savepoints(txn: Any) -> list[SessionSavepoint]:
+    """The session savepoints taken in ``txn`` and not yet released or rolled back."""
+    return txn.extension.setdefault(SAVEPOINTS, [])
+
+
+class SessionSavepoint(zdm.SessionSavepoint):
+    """A SQL SAVEPOINT of one session: can be released, and releases itself after a rollback."""
+
+    def __init__(self, session: Session, created: list[SessionSavepoint]) -> None:
+        super().__init__(session)  # session.begin_nested(): SAVEPOINT sa_savepoint_N
+        connection = session.connection()
+        self.connection = connection
+        self.name = compat.savepoint_name(connection.get_nested_transaction())
+        self.done = False
+        created.append(self)
+
+    def release(self) -> None:
+        """RELEASE the savepoint now, flushing what is pending (``transaction`` cannot)."""
+        if not self.done and self.transaction.is_active:
+            self.done = True
+            self.transaction.commit()
+
+    def rollback(self) -> None:
+        """ROLLBACK TO the savepoint, then RELEASE it (it stays open on the server otherwise)."""
+        self.transaction.rollback()
+        if not self.done:
+            self.done = True
+            if not self.connection.invalidated:
+                self.connection.dialect.do_release_savepoint(self.connection, self.name)
+
+    def forget(self) -> None:
+        """Its enclosing ``transaction`` savepoint was rolled back (which rolled this one back)."""
+        if not self.done:
+            self.done = True
+            if self.transaction.is_active:  # not among the resources rolled back
+                self.transaction.rollback()
+
+
+class SessionDataManager(zdm.SessionDataManager):
+    """zope.sqlalchemy's one-phase data manager, ending the SQL transaction itself."""
+
+    def __init__(self, session: Session, status: str, transaction_manager: Any) -> None:
+        super().__init__(session, status, transaction_manager, keep_session=True)
+        self.txn = transaction_manager.get()
+        self.txn.extension.setdefault(SESSION, session)
+        self.commit_started = False
+
+    def abort(self, trans: Any) -> None:
+        if self.tx is not None:
+            self._end("aborted")
+
+    def commit(self, trans: Any) -> None:
+        # zope.sqlalchemy ends a session that wrote nothing here ("no work") and
+        # rolls it back. myapp commits every successful unit of work instead:
+        # writes it could not see (raw DBAPI calls) are not silently lost,
+        # expire_on_commit is honoured, and the cost is the same.
+        self.commit_started = True
+        if compat.session_status(self.session) is not zdm.STATUS_CHANGED:
+            self.tx.commit()
+            self._end("committed")
+
+    def tpc_vote(self, trans: Any) -> None:
+        if self.tx is not None:
+            self.tx.commit()
+            self._end("committed")
+
+    def _end(self, final_state: str) -> None:
+        session = self.session
+        compat.forget_session(session)
+        self.tx = self.session = None
+        self.state = final_state
+        if final_state != "committed":
+            # Abort: really roll back and release the connection (zope.sqlalchemy#14).
+            Session.rollback(session)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s",
+                "COMMIT" if final_state == "committed" else "ROLLBACK",
+                getattr(self.txn, "description", "") or "",
+            )
+
+    @property
+    def savepoint(self) -> Any:
+        bind = self.session.get_bind()
+        engine = getattr(bind, "engine", bind)
+        if not savepoints_supported(engine):
+            raise AttributeError("savepoint")
+        return self._session_savepoint
+
+    def _session_savepoint(self) -> SessionSavepoint:
+        return SessionSavepoint(self.session, sql_savepoints(self.txn))
+
+    def should_retry(self, error: BaseException) -> bool:
+        """``transaction``'s retry protocol: may a new attempt of the transaction succeed?"""
+        from .retry import is_retryable
+
+        return is_retryable(error, commit_started=self.commit_started)
+
+
+def join_transaction(session: Session, status: str = zdm.STATUS_ACTIVE) -> None:
+    """Join ``session`` to the current transaction (idempotent)."""
+    if compat.session_status(session) is None:
+        if session.twophase:
+            raise NotImplementedError("two-phase sessions are not supported by myapp.db")
+        tm = get_tm()
+        if current_transaction(tm) is None:
+            raise NoUnitOfWork(
+                "a session was joined to the transaction manager outside a unit of work: wrap "
+                "the code in db_transaction(), 'with transaction.manager:', or use "
+                "Database.scope(); inside a request pyramid_tm provides one"
+            )
+        SessionDataManager(session, status, tm)
+
+
+def mark_changed(session: Session) -> None:
+    """Record that ``session`` wrote to the database, so the transaction commits it.
+
+    Raises :class:`~myapp.db.errors.NoUnitOfWork` when no unit of work is
+    active (there is nothing to join).
+    """
+    join_transaction(session, zdm.STATUS_CHANGED)
+    compat.set_session_status(session, zdm.STATUS_CHANGED)
