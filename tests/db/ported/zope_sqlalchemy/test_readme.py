@@ -257,7 +257,10 @@ def test_full_example_mark_changed_keep_session(rdb: Database) -> None:
 
     Differs from zope.sqlalchemy: ``mark_changed`` takes no ``keep_session``,
     because every myapp session is kept until its scope ends; the session and
-    its objects outlive the commit.
+    its objects outlive the commit. As in the README, the second
+    ``mark_changed`` comes right after a commit, with no unit of work active:
+    on the scope's session it begins the implicit unit of work, as every other
+    use of that session does (zope's implicit manager begins a transaction).
     """
     add_bob(rdb)
     with rdb.scope() as session:
