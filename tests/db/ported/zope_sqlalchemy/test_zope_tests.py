@@ -94,8 +94,8 @@ def test_mark_unknown_session(zs: ZS) -> None:
     """zope.sqlalchemy: tests.ZopeSQLAlchemyTests.testMarkUnknownSession
 
     ``mark_changed`` on a session that has not been used yet joins it to the
-    transaction. zope checks its private ``_SESSION_STATE`` (pinned in
-    ``test_pins_zope_sqlalchemy``); here the join is checked by its effect:
+    transaction. zope checks its private ``_SESSION_STATE`` (which myapp
+    reads only through ``myapp.db.compat``); here the join is checked by its effect:
     the session's SQL transaction ends when the zope transaction aborts.
 
     Differs from zope.sqlalchemy: the transaction is begun first, because
