@@ -17,7 +17,6 @@ public API:
 """
 
 from .batch import BatchProgress, db_batch_operation
-from .datamanager import join_transaction, mark_changed
 from .engine import create_engine_for, engine_from_settings
 from .errors import (
     BatchFailed,
@@ -36,6 +35,8 @@ from .model import Base, BaseModel, UTCDateTime, init_db, utcnow
 from .retry import is_disconnect, is_transient
 from .scope import Database, Scope, current_scope, current_session, make_session_factory
 from .session import Session
+from .session import join_session as join_transaction
+from .session import mark_session_changed as mark_changed
 from .units import (
     db_read_only,
     db_transaction,

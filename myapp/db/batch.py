@@ -65,7 +65,7 @@ def db_batch_operation(
     if nesting.enclosing() is not None:
         raise NestedTransactionError(
             "db_batch_operation() commits every batch and cannot run inside another "
-            "unit of work (a request, 'with transaction.manager:' or db_transaction()): "
+            "transaction (a request, 'with transaction.manager:' or db_transaction()): "
             "run it from a management command or a script"
         )
     scope = current_scope()

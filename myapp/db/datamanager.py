@@ -70,6 +70,13 @@ class SessionSavepoint(zdm.SessionSavepoint):
             if not self.connection.invalidated:
                 self.connection.dialect.do_release_savepoint(self.connection, self.name)
 
+    def rollback_by_name(self) -> None:
+        """ROLLBACK TO and RELEASE the savepoint by its name (after SQLAlchemy gave up on it)."""
+        self.transaction.rollback()  # the session's bookkeeping (no SQL once inactive)
+        dialect = self.connection.dialect
+        dialect.do_rollback_to_savepoint(self.connection, self.name)
+        dialect.do_release_savepoint(self.connection, self.name)
+
     def forget(self) -> None:
         """Its enclosing ``transaction`` savepoint was rolled back (which rolled this one back)."""
         if not self.done:
@@ -92,14 +99,13 @@ class SessionDataManager(zdm.SessionDataManager):
             self._end("aborted")
 
     def commit(self, trans: Any) -> None:
-        # zope.sqlalchemy ends a session that wrote nothing here ("no work") and
-        # rolls it back. myapp commits every successful unit of work instead:
-        # writes it could not see (raw DBAPI calls) are not silently lost,
-        # expire_on_commit is honoured, and the cost is the same.
+        # zope.sqlalchemy ends a session that wrote nothing here ("no work")
+        # without committing it. myapp commits every successful unit of work
+        # instead (writes it could not see, such as raw DBAPI calls, are not
+        # silently lost; expire_on_commit is honoured; the cost is the same),
+        # and does so in tpc_vote like the changed sessions: after every data
+        # manager has had its say, so a later one's failure still rolls it back.
         self.commit_started = True
-        if compat.session_status(self.session) is not zdm.STATUS_CHANGED:
-            self.tx.commit()
-            self._end("committed")
 
     def tpc_vote(self, trans: Any) -> None:
         if self.tx is not None:
@@ -140,7 +146,7 @@ class SessionDataManager(zdm.SessionDataManager):
 
 
 def join_transaction(session: Session, status: str = zdm.STATUS_ACTIVE) -> None:
-    """Join ``session`` to the current transaction (idempotent)."""
+    """Join ``session`` to the current transaction (idempotent; ``NoUnitOfWork`` if none)."""
     if compat.session_status(session) is None:
         if session.twophase:
             raise NotImplementedError("two-phase sessions are not supported by myapp.db")

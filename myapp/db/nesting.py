@@ -68,13 +68,14 @@ class UnitSavepoint:
     server when a nested unit ends, whichever way.
     """
 
-    __slots__ = ("_created", "_mark", "txn_savepoint")
+    __slots__ = ("_created", "_mark", "_released", "txn_savepoint")
 
     def __init__(self, txn: Any, session: Session | None) -> None:
         if session is not None:
             join_transaction(session)  # so the savepoint covers this session's changes
         self._created = sql_savepoints(txn)
         self._mark = len(self._created)
+        self._released: list[SessionSavepoint] = []
         self.txn_savepoint = txn.savepoint()
 
     def _mine(self) -> list[SessionSavepoint]:
@@ -84,8 +85,19 @@ class UnitSavepoint:
 
     def release(self) -> None:
         """RELEASE the SQL savepoints taken by this savepoint (innermost first)."""
-        for session_savepoint in reversed(self._mine()):
+        self._released = self._mine()
+        for session_savepoint in reversed(self._released):
             session_savepoint.release()
+
+    def recover(self) -> None:
+        """After a failed RELEASE: ROLLBACK TO and RELEASE by name, then restore the resources.
+
+        Raises if the database refuses (the savepoint is gone, or the
+        transaction is aborted): the enclosing unit must then roll back.
+        """
+        for session_savepoint in self._released:
+            session_savepoint.rollback_by_name()
+        self.txn_savepoint.rollback()
 
     def rollback(self) -> None:
         """Roll back to the savepoint (every joined resource) and RELEASE it."""
@@ -368,12 +380,12 @@ class Nesting:
         assert savepoint is not None
         try:
             savepoint.release()
-        except (DBAPIError, SAError):
+        except SAError:
             # Django: a failed RELEASE rolls back to the savepoint and releases it;
             # if even that fails, the enclosing unit must roll back.
             try:
-                savepoint.rollback()
-            except (DBAPIError, SAError):
+                savepoint.recover()
+            except SAError:
                 self.needs_rollback = True
             raise
 
@@ -382,7 +394,7 @@ class Nesting:
         assert savepoint is not None
         try:
             savepoint.rollback()
-        except (DBAPIError, SAError) as error:
+        except SAError as error:
             log.warning("rolling back to a savepoint failed (%s); marking the unit", error)
             self.needs_rollback = True
 

@@ -33,7 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
 from sqlalchemy.orm import Session as _SASession
 
-from . import compat
+from . import compat, datamanager
 from .datamanager import join_transaction, mark_changed
 from .errors import NoUnitOfWork, TransactionFailed, TransactionManaged
 from .guard import (
@@ -90,6 +90,26 @@ def _refuse_if_broken(txn: Any) -> None:
     error = swallowed_error(txn)
     if error is not None:
         raise failed(error) from error
+
+
+def join_session(session: _SASession) -> None:
+    """Join ``session`` to the current unit of work.
+
+    A scope's session used outside any unit of work begins its implicit one;
+    any other session outside a unit of work: :class:`NoUnitOfWork`.
+    """
+    _ensure_unit_of_work(session)
+    datamanager.join_transaction(session)
+
+
+def mark_session_changed(session: _SASession) -> None:
+    """Record that ``session`` wrote to the database, so its unit of work commits it.
+
+    For writes no session event sees (raw DBAPI calls on its connection).
+    Outside a unit of work as :func:`join_session`.
+    """
+    _ensure_unit_of_work(session)
+    datamanager.mark_changed(session)
 
 
 class _Events:

@@ -6,7 +6,7 @@ import pytest
 import transaction
 from sqlalchemy import func, select
 
-from myapp.db import NestedTransactionError, db_transaction
+from myapp.db import NestedTransactionError, TransactionManaged, db_transaction
 from myapp.models import Booking, Company, Driver
 from myapp.services import dispatch as engine
 from myapp.testing import (
@@ -175,11 +175,15 @@ def test_nested_savepoints_nest(db):
     assert count(db, Company) == 1
 
 
-def test_nested_savepoint_says_when_its_transaction_ended(db):
-    with pytest.raises(RuntimeError, match="ended inside the block"):
-        with nested_savepoint(db):
-            CompanyFactory()
+def test_nested_savepoint_refuses_the_managers_commit_and_abort(db):
+    with nested_savepoint(db):
+        CompanyFactory()
+        with pytest.raises(TransactionManaged, match=r"transaction\.abort\(\) inside nested"):
             transaction.abort()
+        with pytest.raises(TransactionManaged, match=r"transaction\.commit\(\) inside nested"):
+            transaction.commit()
+        assert db.session.scalar(select(func.count()).select_from(Company)) == 1
+    assert db.session.scalar(select(func.count()).select_from(Company)) == 0
 
 
 # capture_original_values / verify_rollback_restores_values -------------------

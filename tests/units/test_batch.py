@@ -106,7 +106,7 @@ def test_refused_inside_a_request(db: Any, database: Any, request_thread: Any) -
         return {}
 
     app = make_app(database, {"/batch": view}, request_thread)
-    with pytest.raises(NestedTransactionError, match="cannot run inside another unit of work"):
+    with pytest.raises(NestedTransactionError, match="cannot run inside another transaction"):
         app.post("/batch")
     assert db.session.scalar(select(func.count()).select_from(Item)) == 0
 

@@ -15,7 +15,7 @@ import transaction
 import webtest
 from pyramid.config import Configurator
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, func, insert, inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, PendingRollbackError
 
 from myapp.db import (
     TransactionFailed,
@@ -238,7 +238,7 @@ def test_an_error_outside_the_units_connections_does_not_count(real: Any) -> Non
             session.add(Event(id=real.id("a"), title="t"))
             session.flush()
             with real.engine.connect() as other:  # not the unit of work's connection
-                with pytest.raises(Exception, match="no_such_table"):
+                with pytest.raises(DBAPIError, match="no_such_table"):
                     other.exec_driver_sql("SELECT * FROM no_such_table")
     assert real.event_ids() == {real.id("a")}
 
@@ -246,7 +246,7 @@ def test_an_error_outside_the_units_connections_does_not_count(real: Any) -> Non
 def test_using_the_session_after_a_caught_error_becomes_transaction_failed(db: Any) -> None:
     Event(id="taken", title="t").save()
     with db_transaction():
-        try:
+        with pytest.raises(TransactionFailed, match="without rolling back to a savepoint"):
             with db_transaction() as session:
                 try:
                     session.add(Event(id="taken", title="orm duplicate"))
@@ -254,10 +254,33 @@ def test_using_the_session_after_a_caught_error_becomes_transaction_failed(db: A
                 except IntegrityError:
                     pass
                 session.scalars(select(Event)).all()  # PendingRollbackError inside
-        except TransactionFailed:
-            pass
         Event(id="after", title="the outer unit carries on").save()
     assert event_ids(db.session) == {"taken", "after"}
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["outermost", "nested"])
+def test_a_pending_rollback_error_never_leaves_a_unit_unconverted(db: Any, nested: bool) -> None:
+    """SQLAlchemy's PendingRollbackError raised in a unit leaves it as TransactionFailed."""
+    Event(id="taken", title="t").save()
+
+    def body() -> None:
+        with db_transaction() as session:
+            try:
+                session.add(Event(id="taken", title="orm duplicate"))
+                session.flush()
+            except IntegrityError:
+                pass
+            session.connection()  # PendingRollbackError: the ORM refuses to go on
+
+    with pytest.raises(TransactionFailed) as raised:
+        if nested:
+            with db_transaction():
+                body()
+        else:
+            body()
+    assert isinstance(raised.value.__cause__, PendingRollbackError | TransactionFailed)
+    assert current_transaction() is None
+    assert event_ids(db.session) == {"taken"}
 
 
 def test_requests_never_show_a_pending_rollback_error(db: Any, database: Any, request_thread):

@@ -426,7 +426,7 @@ def test_attempts_does_not_retry_when_nested(real: Any, backend: str) -> None:
         )
 
     with database.scope():
-        with pytest.raises(Exception, match="could not serialize"):
+        with pytest.raises(OperationalError, match="could not serialize"):
             with db_transaction():
                 current_session().get(Item, item_id)  # the outer snapshot
                 rename()
