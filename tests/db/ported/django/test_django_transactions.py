@@ -75,7 +75,7 @@ from typing import Any
 import pytest
 import transaction
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
 from myapp.db import (
     NestedTransactionError,
@@ -479,10 +479,14 @@ class TestAtomicErrors:
         Reporter = ctx.Reporter
         with pytest.raises(TransactionFailed):
             with db_transaction() as session:
-                r2 = Reporter(first_name="Cuthbert", last_name="Calculus", id=r1.id)
-                session.add(r2)
                 with pytest.raises(sa_exc.IntegrityError):
-                    session.flush()  # r2.save(force_insert=True)
+                    # r2 = Reporter(first_name="Cuthbert", last_name="Calculus", id=r1.id)
+                    # r2.save(force_insert=True)
+                    session.execute(
+                        insert(Reporter).values(
+                            id=r1.id, first_name="Cuthbert", last_name="Calculus"
+                        )
+                    )
                 # The transaction is marked as needing rollback.
                 with pytest.raises(TransactionFailed) as cm:
                     # r2.save(force_update=True)
@@ -650,10 +654,12 @@ class TestNonAutocommit:
         r1 = Reporter(first_name="Archibald", last_name="Haddock")
         session.add(r1)
         session.flush()
-        r2 = Reporter(first_name="Cuthbert", last_name="Calculus", id=r1.id)
-        session.add(r2)
         with pytest.raises(sa_exc.IntegrityError):
-            session.flush()
+            # r2 = Reporter(first_name="Cuthbert", last_name="Calculus", id=r1.id)
+            # r2.save(force_insert=True)
+            session.execute(
+                insert(Reporter).values(id=r1.id, first_name="Cuthbert", last_name="Calculus")
+            )
         session.rollback()
         assert session.scalars(select(Reporter).order_by(Reporter.id.desc())).first() is None
         assert not is_in_transaction()
