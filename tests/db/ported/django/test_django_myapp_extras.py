@@ -10,7 +10,11 @@ real commits, SQLite and PostgreSQL):
 * the manager's own ``commit()``/``abort()`` is refused inside every kind of
   unit-of-work block and changes nothing;
 * a non-robust hook that raises after the commit: the data is committed, the
-  exception leaves the commit call, the hooks after it are discarded.
+  exception leaves the commit call, the hooks after it are discarded; outside
+  any unit of work a hook runs at once and its error propagates unless robust;
+* ``with transaction.manager:`` (no unit): hooks wait for its commit and the
+  rollback flag works there; ``mark_for_rollback_on_error()`` in a nested
+  unit rolls back that unit only.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from myapp.db import (
     current_session,
     db_read_only,
     db_transaction,
+    get_rollback,
     get_tm,
     is_in_transaction,
+    mark_for_rollback_on_error,
     on_commit,
     savepoint,
+    set_rollback,
 )
 
 
@@ -234,3 +241,55 @@ def test_non_robust_hook_error_leaves_the_commit_call(ctx: Any) -> None:
     with db_transaction():
         ctx.do(3)
     assert ctx.notified == [1, 3]
+
+
+def test_non_robust_hook_outside_a_unit_of_work_propagates(ctx: Any) -> None:
+    """Outside any unit of work a hook runs at once; its exception propagates unless robust."""
+    with pytest.raises(ctx.ForcedError):
+        on_commit(lambda: ctx.notify("error"))
+    on_commit(lambda: ctx.notify("error"), robust=True)  # logged, not raised
+    on_commit(lambda: ctx.notify(1))
+    assert ctx.notified == [1]
+    assert not is_in_transaction()
+
+
+def test_hooks_and_rollback_flag_in_a_manager_block(ctx: Any) -> None:
+    """``with transaction.manager:`` (no unit): hooks wait for its commit; ``set_rollback`` works.
+
+    As pyramid_tm and scripts use it: ``get_rollback()``/``set_rollback()``
+    act on the manager's transaction, and a block whose flag is set ends
+    rolled back without raising (its hooks dropped).
+    """
+    with get_tm():
+        ctx.do(1)
+        assert get_rollback() is False
+        ctx.assert_notified([])
+    ctx.assert_done([1])
+
+    with get_tm():
+        ctx.do(2)
+        set_rollback(True)
+        assert get_rollback() is True
+    ctx.assert_done([1])
+    assert not is_in_transaction()
+
+
+def test_mark_for_rollback_on_error_in_a_nested_unit(ctx: Any) -> None:
+    """``mark_for_rollback_on_error()`` inside a nested unit marks that unit only.
+
+    The nested unit ends rolled back (to its savepoint) without raising; the
+    enclosing unit goes on and commits its own work (Django: the flag is
+    cleared by the savepoint rollback of the innermost ``atomic``).
+    """
+    with db_transaction():
+        kept = ctx.create(first_name="kept")
+        with db_transaction():
+            ctx.create(first_name="lost")
+            with pytest.raises(ctx.ForcedError):
+                with mark_for_rollback_on_error():
+                    raise ctx.ForcedError()
+            assert get_rollback() is True
+        assert get_rollback() is False
+        assert ctx.all() == [kept]
+        later = ctx.create(first_name="later")
+    ctx.assert_all([kept, later])
