@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyramid.config import Configurator
-from pyramid.router import Router
+if TYPE_CHECKING:  # Pyramid is imported by main(), not by importing the package
+    from pyramid.config import Configurator
+    from pyramid.router import Router
 
 
 def includeme(config: Configurator) -> None:
@@ -24,6 +25,8 @@ def includeme(config: Configurator) -> None:
 
 def main(global_config: dict[str, Any] | None, **settings: Any) -> Router:
     """The WSGI application (``pserve development.ini``)."""
+    from pyramid.config import Configurator
+
     with Configurator(settings=settings) as config:
         config.include(includeme)
     return config.make_wsgi_app()

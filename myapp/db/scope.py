@@ -212,9 +212,8 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Database:
         """Build from Pyramid settings (``sqlalchemy.*``, ``myapp.*``; see settings.py)."""
-        from pyramid.settings import asbool
-
         from .engine import engine_from_settings
+        from .settings import asbool
 
         replica = None
         if settings.get("sqlalchemy.replica.url"):

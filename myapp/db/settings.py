@@ -24,7 +24,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pyramid.settings import asbool
+
+def asbool(value: Any) -> bool:
+    """``true``/``yes``/``on``/``1`` (any case) are true, as in Pyramid's ini files."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "on", "y", "t", "1")
+    return bool(value)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "testing": {"pool_size": 2, "max_overflow": 4, "pool_recycle": -1, "pool_pre_ping": False},
