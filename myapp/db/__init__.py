@@ -29,7 +29,6 @@ from .errors import (
     TransactionFailed,
     TransactionManaged,
 )
-from .hooks import on_commit
 from .manager import current_transaction, get_tm
 from .model import Base, BaseModel, UTCDateTime, init_db, utcnow
 from .retry import is_disconnect, is_transient
@@ -43,6 +42,7 @@ from .units import (
     get_rollback,
     is_in_transaction,
     mark_for_rollback_on_error,
+    on_commit,
     savepoint,
     set_rollback,
 )

@@ -24,12 +24,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import transaction
+from sqlalchemy.exc import ResourceClosedError
 from sqlalchemy.orm import Session
 from zope.sqlalchemy import datamanager as zdm
 
 from . import compat
-from .errors import NoUnitOfWork
-from .manager import current_transaction, get_tm
+from .retry import is_retryable
 from .sqlite import savepoints_supported
 
 log = logging.getLogger("myapp.db.tx")
@@ -62,9 +63,16 @@ class SessionSavepoint(zdm.SessionSavepoint):
             self.done = True
             self.transaction.commit()
 
+    def _end_in_session(self) -> None:
+        """End the session's savepoint transaction (a no-op if SQLAlchemy already closed it)."""
+        try:
+            self.transaction.rollback()
+        except ResourceClosedError:  # a failed flush or RELEASE inside it already ended it
+            pass
+
     def rollback(self) -> None:
         """ROLLBACK TO the savepoint, then RELEASE it (it stays open on the server otherwise)."""
-        self.transaction.rollback()
+        self._end_in_session()
         if not self.done:
             self.done = True
             if not self.connection.invalidated:
@@ -72,7 +80,7 @@ class SessionSavepoint(zdm.SessionSavepoint):
 
     def rollback_by_name(self) -> None:
         """ROLLBACK TO and RELEASE the savepoint by its name (after SQLAlchemy gave up on it)."""
-        self.transaction.rollback()  # the session's bookkeeping (no SQL once inactive)
+        self._end_in_session()  # the session's bookkeeping (no SQL once inactive)
         dialect = self.connection.dialect
         dialect.do_rollback_to_savepoint(self.connection, self.name)
         dialect.do_release_savepoint(self.connection, self.name)
@@ -82,7 +90,7 @@ class SessionSavepoint(zdm.SessionSavepoint):
         if not self.done:
             self.done = True
             if self.transaction.is_active:  # not among the resources rolled back
-                self.transaction.rollback()
+                self._end_in_session()
 
 
 class SessionDataManager(zdm.SessionDataManager):
@@ -140,31 +148,22 @@ class SessionDataManager(zdm.SessionDataManager):
 
     def should_retry(self, error: BaseException) -> bool:
         """``transaction``'s retry protocol: may a new attempt of the transaction succeed?"""
-        from .retry import is_retryable
-
         return is_retryable(error, commit_started=self.commit_started)
 
 
 def join_transaction(session: Session, status: str = zdm.STATUS_ACTIVE) -> None:
-    """Join ``session`` to the current transaction (idempotent; ``NoUnitOfWork`` if none)."""
+    """Join ``session`` to the thread's current transaction (idempotent).
+
+    The caller makes sure a transaction is active (the public
+    ``myapp.db.join_transaction`` says :class:`NoUnitOfWork` otherwise).
+    """
     if compat.session_status(session) is None:
         if session.twophase:
             raise NotImplementedError("two-phase sessions are not supported by myapp.db")
-        tm = get_tm()
-        if current_transaction(tm) is None:
-            raise NoUnitOfWork(
-                "a session was joined to the transaction manager outside a unit of work: wrap "
-                "the code in db_transaction(), 'with transaction.manager:', or use "
-                "Database.scope(); inside a request pyramid_tm provides one"
-            )
-        SessionDataManager(session, status, tm)
+        SessionDataManager(session, status, transaction.manager)
 
 
 def mark_changed(session: Session) -> None:
-    """Record that ``session`` wrote to the database, so the transaction commits it.
-
-    Raises :class:`~myapp.db.errors.NoUnitOfWork` when no unit of work is
-    active (there is nothing to join).
-    """
+    """Record that ``session`` wrote to the database, so the transaction commits it."""
     join_transaction(session, zdm.STATUS_CHANGED)
     compat.set_session_status(session, zdm.STATUS_CHANGED)

@@ -1,4 +1,4 @@
-"""``on_commit``: callbacks that run once the outermost transaction has committed.
+"""``on_commit`` hooks: callbacks that run once the outermost transaction has committed.
 
 Django's rules, savepoints included:
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
-
-from .manager import current_transaction
 
 hook_log = logging.getLogger("myapp.db.on_commit")
 
@@ -66,7 +64,7 @@ def run_hooks(hooks: list[Hook]) -> None:
 
 
 class OnCommitHooks:
-    """A transaction's :func:`on_commit` callbacks, joined to it as a data manager."""
+    """A transaction's ``on_commit`` callbacks, joined to it as a data manager."""
 
     transaction_manager = None
 
@@ -136,7 +134,7 @@ class _HooksSavepoint:
 
 
 def run_after_commit(txn: Any) -> ReadyHooks:
-    """Hand ``txn``'s hooks over after its commit, to ``manager.commit_transaction``."""
+    """Hand ``txn``'s hooks over after its commit, to :func:`commit_transaction`."""
     hooks = txn.extension.get(HOOKS)
     if hooks is None:
         return _NO_HOOKS
@@ -144,24 +142,13 @@ def run_after_commit(txn: Any) -> ReadyHooks:
     return ready
 
 
-def on_commit(fn: Callable[[], Any], robust: bool = False, tm: Any = None) -> None:
-    """Run ``fn()`` after the outermost transaction commits (Django's ``on_commit``).
+def commit_transaction(txn: Any) -> None:
+    """Commit ``txn``, then run its ``on_commit`` hooks outside it.
 
-    Inside a unit of work: after the commit, outside the committed
-    transaction; dropped if the transaction aborts, if a savepoint it was
-    registered after rolls back, or if the COMMIT fails. Outside any
-    transaction: now. ``robust=True``: an exception ``fn`` raises is logged
-    and does not stop the next hooks; otherwise it propagates (after a
-    commit: out of the commit call, the data committed and the remaining
-    hooks discarded). A ``fn`` that is not callable is a ``TypeError`` at once.
+    Raises what the commit raised (the transaction is then left for the
+    caller to abort), or what a non-robust hook raised (the data is
+    committed; the remaining hooks are discarded).
     """
-    if not callable(fn):
-        raise TypeError(f"on_commit() needs a callable, got {fn!r}")
-    txn = current_transaction(tm)
-    if txn is None:
-        run_hooks([(fn, robust)])
-        return
-    hooks = txn.extension.get(HOOKS)
-    if hooks is None:
-        hooks = txn.extension[HOOKS] = OnCommitHooks(txn)
-    hooks.add(fn, robust)
+    ready = run_after_commit(txn)
+    txn.commit()
+    ready.run()

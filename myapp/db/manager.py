@@ -17,7 +17,7 @@ that ``transaction`` documents for advanced applications). Compared with
   units end the transaction themselves when they exit;
 * turns the commit of a transaction marked with ``set_rollback(True)`` into
   an abort (a request, or a ``with transaction.manager:`` block);
-* runs the :func:`~myapp.db.hooks.on_commit` hooks *after* the commit has
+* runs the ``on_commit`` hooks (:mod:`myapp.db.hooks`) *after* the commit has
   returned and the manager has forgotten the transaction, so a hook may open
   its own unit of work.
 
@@ -36,6 +36,8 @@ from transaction.interfaces import ITransaction
 
 from . import compat
 from .errors import DatabaseError, TransactionManaged
+from .hooks import commit_transaction
+from .nesting import Nesting
 
 
 class UnitManager(TransactionManager):
@@ -43,8 +45,6 @@ class UnitManager(TransactionManager):
 
     def __init__(self) -> None:
         super().__init__(explicit=True)
-        from .nesting import Nesting
-
         self.nesting = Nesting(self)
 
     @property
@@ -88,20 +88,6 @@ class UnitManager(TransactionManager):
         txn = self.current
         if txn is not None:
             txn.abort()
-
-
-def commit_transaction(txn: ITransaction) -> None:
-    """Commit ``txn``, then run its ``on_commit`` hooks outside it.
-
-    Raises what the commit raised (the transaction is then left for the
-    caller to abort), or what a non-robust hook raised (the data is
-    committed; the remaining hooks are discarded).
-    """
-    from .hooks import run_after_commit
-
-    ready = run_after_commit(txn)
-    txn.commit()
-    ready.run()
 
 
 def get_tm() -> transaction.ThreadTransactionManager:

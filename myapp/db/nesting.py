@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from sqlalchemy.exc import SQLAlchemyError as SAError
@@ -42,11 +42,20 @@ from sqlalchemy.exc import SQLAlchemyError as SAError
 from . import compat
 from .datamanager import SessionSavepoint, join_transaction, sql_savepoints
 from .errors import NestedTransactionError, NoUnitOfWork, TransactionManaged
+from .hooks import commit_transaction
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .manager import UnitManager
+
+class TransactionOwner(Protocol):
+    """What the nesting state needs from its manager (:class:`myapp.db.manager.UnitManager`)."""
+
+    @property
+    def current(self) -> Any: ...
+
+    def begin_new(self) -> Any: ...
+
 
 log = logging.getLogger("myapp.db")
 
@@ -184,7 +193,7 @@ class Unit:
 class Nesting:
     """The units of work active on one thread, and whether the innermost must roll back."""
 
-    def __init__(self, manager: UnitManager) -> None:
+    def __init__(self, manager: TransactionOwner) -> None:
         self.manager = manager
         self.units: list[Unit] = []
         self.needs_rollback = False
@@ -365,8 +374,6 @@ class Nesting:
         if rollback:
             txn.abort()
             return
-        from .manager import commit_transaction
-
         unit.commit_started = True  # from here a lost connection is ambiguous
         try:
             commit_transaction(txn)
@@ -402,8 +409,6 @@ class Nesting:
 
     def commit_and_continue(self, unit: Unit, session: Session | None) -> None:
         """Commit ``unit``'s transaction and begin the next one for the same unit."""
-        from .manager import commit_transaction
-
         txn = self.manager.current
         if session is not None:
             join_transaction(session)

@@ -43,7 +43,8 @@ from .guard import (
     restore_guard_state,
     swallowed_error,
 )
-from .manager import UnitManager, commit_transaction, get_tm
+from .hooks import commit_transaction
+from .manager import UnitManager, get_tm
 from .nesting import IMPLICIT, is_implicit, managed_error
 from .writes import MAINTENANCE, READ_ONLY, refuse_write, statement_writes
 

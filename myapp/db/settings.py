@@ -31,6 +31,7 @@ def asbool(value: Any) -> bool:
         return value.strip().lower() in ("true", "yes", "on", "y", "t", "1")
     return bool(value)
 
+
 PROFILES: dict[str, dict[str, Any]] = {
     "testing": {"pool_size": 2, "max_overflow": 4, "pool_recycle": -1, "pool_pre_ping": False},
     "local": {"pool_size": 5, "max_overflow": 10, "pool_recycle": -1, "pool_pre_ping": False},

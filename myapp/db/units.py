@@ -1,5 +1,6 @@
 """Units of work for business code: ``db_transaction``, ``savepoint``, ``db_read_only``,
-and the rollback flag (``get_rollback``, ``set_rollback``, ``mark_for_rollback_on_error``).
+the rollback flag (``get_rollback``, ``set_rollback``, ``mark_for_rollback_on_error``) and
+``on_commit`` (its rules: :mod:`myapp.db.hooks`).
 
 All of them drive the thread's :class:`~myapp.db.nesting.Nesting`, which
 decides whether a unit begins a transaction, adopts a scope's implicit one,
@@ -19,7 +20,8 @@ from sqlalchemy.exc import PendingRollbackError
 
 from .errors import NoUnitOfWork
 from .guard import failed
-from .manager import unit_manager
+from .hooks import HOOKS, OnCommitHooks, run_hooks
+from .manager import current_transaction, unit_manager
 from .nesting import Unit
 from .retry import is_retryable
 from .scope import Scope, current_scope
@@ -354,3 +356,26 @@ def db_read_only() -> Iterator[SessionT]:
             finally:
                 for s, flag in previous_flags:
                     s.info[READ_ONLY] = flag
+
+
+def on_commit(fn: Callable[[], Any], robust: bool = False, tm: Any = None) -> None:
+    """Run ``fn()`` after the outermost transaction commits (Django's ``on_commit``).
+
+    Inside a unit of work: after the commit, outside the committed
+    transaction; dropped if the transaction aborts, if a savepoint it was
+    registered after rolls back, or if the COMMIT fails. Outside any
+    transaction: now. ``robust=True``: an exception ``fn`` raises is logged
+    and does not stop the next hooks; otherwise it propagates (after a
+    commit: out of the commit call, the data committed and the remaining
+    hooks discarded). A ``fn`` that is not callable is a ``TypeError`` at once.
+    """
+    if not callable(fn):
+        raise TypeError(f"on_commit() needs a callable, got {fn!r}")
+    txn = current_transaction(tm)
+    if txn is None:
+        run_hooks([(fn, robust)])
+        return
+    hooks = txn.extension.get(HOOKS)
+    if hooks is None:
+        hooks = txn.extension[HOOKS] = OnCommitHooks(txn)
+    hooks.add(fn, robust)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import transaction
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from myapp.db import (
     NoUnitOfWork,
@@ -203,4 +204,25 @@ def test_units_ended_out_of_order_are_refused_and_cleaned_up(real: Any) -> None:
         with pytest.raises(TransactionManaged, match="innermost first"):
             outer.__exit__(None, None, None)
         get_tm().manager.abort_all()
+    assert current_transaction() is None
+
+
+def test_a_nested_unit_whose_release_fails_inside_a_savepoint_leaves_the_outer_unit_usable(
+    real: Any,
+) -> None:
+    """The duplicate is flushed by the inner unit's RELEASE; both savepoints end cleanly."""
+
+    def create(name: str) -> None:
+        with db_transaction() as session:
+            session.add(Event(id=real.id(name), title="t"))  # flushed at the release
+
+    with real.database.scope():
+        with db_transaction():
+            create("a")
+            with pytest.raises(IntegrityError):
+                with savepoint():
+                    create("b")
+                    create("a")
+            create("c")
+    assert real.event_ids() == {real.id("a"), real.id("c")}
     assert current_transaction() is None
