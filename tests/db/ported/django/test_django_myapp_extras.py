@@ -6,7 +6,8 @@ real commits, SQLite and PostgreSQL):
 * an ``on_commit`` hook must not run when the COMMIT itself fails (a
   foreign key checked at COMMIT);
 * 1,000 failing nested units in one transaction leave no savepoint open on
-  the server, and the transaction's own work is intact and commits;
+  the server, and the transaction's own work is intact and commits (and
+  200 succeeding ones leave none either);
 * the manager's own ``commit()``/``abort()`` is refused inside every kind of
   unit-of-work block and changes nothing;
 * a non-robust hook that raises after the commit: the data is committed, the
@@ -145,6 +146,30 @@ def test_a_thousand_failing_nested_units_leave_no_savepoint_open(ctx: Any) -> No
         assert ctx.all() == [kept]
         later = ctx.create(first_name="later")
     ctx.assert_all([kept, later])
+
+
+def test_succeeding_nested_units_leave_no_savepoint_open(ctx: Any) -> None:
+    """200 nested ``db_transaction()`` units that succeed: each RELEASEs its savepoint.
+
+    Afterwards ``ROLLBACK TO SAVEPOINT`` of the first and of the last fails on
+    the server, and everything commits. (200: more than PostgreSQL's 64 cached
+    subtransactions, and bounded, since savepoints left open nest ever deeper
+    and each costs more than the last.)
+    """
+    with db_transaction():
+        start = len(ctx.savepoint_names)
+        for i in range(200):
+            with db_transaction():
+                ctx.create(first_name=f"kept {i:04}")
+        names = ctx.savepoint_names[start:]
+        assert len(set(names)) == len(names) == 200
+        for name in (names[0], names[-1]):
+            with pytest.raises(sa_exc.DBAPIError) as failure:
+                with db_transaction() as probe:
+                    probe.connection().exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+            assert failure.value.statement == f"ROLLBACK TO SAVEPOINT {name}"
+        assert ctx.count() == 200
+    assert [r.first_name for r in ctx.committed()] == [f"kept {i:04}" for i in range(200)]
 
 
 @contextmanager
