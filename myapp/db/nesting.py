@@ -336,6 +336,7 @@ class Nesting:
         """Take ``unit`` off the stack; it must be the innermost."""
         if not self.units or self.units[-1] is not unit:
             self.discard()
+            self.needs_rollback = True  # whoever commits the transaction now aborts it
             raise TransactionManaged(
                 f"{unit.kind} ended while an inner unit of work was still active (units of "
                 "work must end innermost first); the transaction was marked for rollback"
