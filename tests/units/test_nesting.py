@@ -19,7 +19,6 @@ from myapp.db import (
     db_read_only,
     db_transaction,
     get_rollback,
-    get_tm,
     is_in_transaction,
     join_transaction,
     mark_changed,
