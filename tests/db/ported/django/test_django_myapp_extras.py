@@ -15,7 +15,8 @@ real commits, SQLite and PostgreSQL):
   any unit of work a hook runs at once and its error propagates unless robust;
 * ``with transaction.manager:`` (no unit): hooks wait for its commit and the
   rollback flag works there; ``mark_for_rollback_on_error()`` in a nested
-  unit rolls back that unit only.
+  unit rolls back that unit only; after a failed ``savepoint=False`` unit,
+  reads and writes are refused until the enclosing unit ends.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
 
 from myapp.db import (
+    TransactionFailed,
     TransactionManaged,
     current_session,
     db_read_only,
@@ -318,3 +320,24 @@ def test_mark_for_rollback_on_error_in_a_nested_unit(ctx: Any) -> None:
         assert ctx.all() == [kept]
         later = ctx.create(first_name="later")
     ctx.assert_all([kept, later])
+
+
+def test_statements_refused_after_a_failed_merged_unit(ctx: Any) -> None:
+    """After an error leaves a ``savepoint=False`` unit, no statement runs until the unit ends.
+
+    Reads and writes alike raise :class:`TransactionFailed` (Django's
+    TransactionManagementError "You can't execute queries until the end of
+    the 'atomic' block"), caused by the error; the enclosing unit then ends
+    rolled back without raising.
+    """
+    with db_transaction():
+        ctx.create(first_name="Tintin")
+        with pytest.raises(ctx.ForcedError):
+            with db_transaction(savepoint=False):
+                raise ctx.ForcedError("Oops")
+        with pytest.raises(TransactionFailed) as read:
+            ctx.count()
+        with pytest.raises(TransactionFailed):
+            ctx.create(first_name="Haddock")
+    assert isinstance(read.value.__cause__, ctx.ForcedError)
+    ctx.assert_all([])
