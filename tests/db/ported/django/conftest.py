@@ -63,7 +63,6 @@ Its ``mode`` says where the test body runs:
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -84,9 +83,8 @@ from myapp.db import (
     db_transaction,
     get_tm,
     is_in_transaction,
+    on_commit,
 )
-
-log = logging.getLogger(__name__)
 
 SAVEPOINT = re.compile(r"^\s*SAVEPOINT\s+(\S+)", re.IGNORECASE)
 
@@ -317,8 +315,6 @@ class Ctx:
 
     def do(self, num: int) -> None:
         """Create a Thing and register a hook that notifies about it."""
-        from myapp.db import on_commit
-
         self.create(Thing, num=num)
         on_commit(lambda: self.notify(num))
 
