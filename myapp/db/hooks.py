@@ -44,21 +44,22 @@ class ReadyHooks:
 
     def run(self) -> None:
         hooks, self.hooks = self.hooks, []
-        run_hooks(hooks)
+        run_hooks(hooks, after_commit=True)
 
 
 _NO_HOOKS = ReadyHooks()
 
 
-def run_hooks(hooks: list[Hook]) -> None:
+def run_hooks(hooks: list[Hook], *, after_commit: bool) -> None:
     """Run ``hooks`` in order; robust ones log their errors, others propagate (the rest dropped)."""
+    when = "after the commit" if after_commit else "(no transaction: it ran at once)"
     while hooks:
         fn, robust = hooks.pop(0)
         if robust:
             try:
                 fn()
             except Exception:
-                hook_log.exception("on_commit hook %r failed after the commit", fn)
+                hook_log.exception("on_commit hook %r failed %s", fn, when)
         else:
             fn()
 

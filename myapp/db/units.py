@@ -373,7 +373,7 @@ def on_commit(fn: Callable[[], Any], robust: bool = False, tm: Any = None) -> No
         raise TypeError(f"on_commit() needs a callable, got {fn!r}")
     txn = current_transaction(tm)
     if txn is None:
-        run_hooks([(fn, robust)])
+        run_hooks([(fn, robust)], after_commit=False)
         return
     hooks = txn.extension.get(HOOKS)
     if hooks is None:
