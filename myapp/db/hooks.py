@@ -43,8 +43,9 @@ class ReadyHooks:
         self.hooks: list[Hook] = []
 
     def run(self) -> None:
-        hooks, self.hooks = self.hooks, []
-        run_hooks(hooks, after_commit=True)
+        if self.hooks:
+            hooks, self.hooks = self.hooks, []
+            run_hooks(hooks, after_commit=True)
 
 
 _NO_HOOKS = ReadyHooks()

@@ -65,8 +65,8 @@ def begin_implicit(manager: UnitManager) -> Any:
     return txn
 
 
-def _ensure_unit_of_work(session: _SASession) -> Any:
-    manager = _manager()
+def _ensure_unit_of_work(session: _SASession, manager: UnitManager | None = None) -> Any:
+    manager = manager if manager is not None else _manager()
     txn = manager.current
     if txn is None:
         if not session.info.get(AUTOBEGIN):
@@ -79,9 +79,9 @@ def _ensure_unit_of_work(session: _SASession) -> Any:
     return txn
 
 
-def _refuse_if_broken(txn: Any) -> None:
+def _refuse_if_broken(manager: UnitManager, txn: Any) -> None:
     """A unit marked for rollback, or with a swallowed database error, runs no more statements."""
-    nesting = _manager().nesting
+    nesting = manager.nesting
     if nesting.needs_rollback:
         raise TransactionFailed(
             "this unit of work is marked for rollback (set_rollback(True), or an error left "
@@ -134,7 +134,8 @@ class _Events:
         ):
             pending = len(session.new) + len(session.dirty) + len(session.deleted)
             refuse_write(session, f"flushing {pending} pending change(s)")
-        _refuse_if_broken(_ensure_unit_of_work(session))
+        manager = _manager()
+        _refuse_if_broken(manager, _ensure_unit_of_work(session, manager))
 
     def after_flush(self, session: _SASession, flush_context: Any) -> None:
         mark_changed(session)
@@ -144,7 +145,8 @@ class _Events:
         writes = statement_writes(state)
         if writes and (session.info.get(READ_ONLY) or session.info.get(MAINTENANCE)):
             refuse_write(session, "executing a write statement")
-        _refuse_if_broken(_ensure_unit_of_work(session))
+        manager = _manager()
+        _refuse_if_broken(manager, _ensure_unit_of_work(session, manager))
         if writes:
             mark_changed(session)
 
