@@ -14,7 +14,11 @@ It is waitress (``waitress.create_server``) with three changes:
 * **SIGTERM drains.** The listening sockets are closed at once (connections the
   kernel had already accepted are taken first, so none is reset unanswered);
   requests already received run to the end and their responses are sent, with
-  ``Connection: close``; idle keep-alive connections are closed; when no
+  ``Connection: close``; a request arriving on an open keep-alive connection is
+  still served (with ``Connection: close``), and a connection idle for
+  :data:`IDLE_CLOSE_AFTER` seconds is closed (closing busy clients' idle
+  connections at once would make them race the close with their next
+  request: "Remote end closed connection", the request never seen); when no
   connection is left, or after ``graceful_timeout`` seconds (default 30), the
   worker threads are stopped and the process exits. A unit of work in flight
   therefore commits or aborts as it would have, and its client gets the answer.
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: seconds a SIGTERM waits for in-flight requests before the process exits anyway
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+#: while draining, a keep-alive connection silent for this long is closed
+IDLE_CLOSE_AFTER = 1.0
 
 
 class StrictRequestParser(HTTPRequestParser):
@@ -154,8 +160,13 @@ def _drain(listeners: list[BaseWSGIServer], socket_map: dict[int, Any], grace: f
     cut_off = 0
     while True:
         channels = [c for c in socket_map.values() if isinstance(c, HTTPChannel)]
+        now = time.time()
         for channel in channels:
-            if _idle(channel) and not channel.will_close:
+            if (
+                _idle(channel)
+                and not channel.will_close
+                and now - channel.last_activity >= min(IDLE_CLOSE_AFTER, grace)
+            ):
                 channel.will_close = True  # closed by the loop's next write pass
         if not channels:
             break
