@@ -189,6 +189,25 @@ def test_undecodable_dashboard_forms_get_the_html_error_page(
     assert b"Nothing was done" in body
 
 
+def test_static_files_on_every_method(server: ServerProcess) -> None:
+    """The dashboard's static route (not testable in-process, see test_route_matrix.py)."""
+    client = Http(server)
+    path = "/dashboard/static/dashboard.css"
+    status, headers, body = client.call("GET", path)
+    assert status == 200 and headers["content-type"].startswith("text/css") and body
+    status, headers, body = client.call("HEAD", path)
+    assert status == 200 and body == b""
+    for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        status, headers, body = client.call(
+            method, path, raw=b"{", headers={"Content-Type": "application/json"}
+        )
+        assert status == 400, (method, status, body)
+        status, headers, body = client.call(method, path)  # Pyramid serves the file
+        assert status < 500, (method, status, body)
+    status, _, _ = client.call("GET", "/dashboard/static/../../../etc/passwd")
+    assert status == 404
+
+
 def test_an_untrusted_host_never_reaches_a_location(
     server: ServerProcess, world: dict[str, Any]
 ) -> None:
