@@ -253,6 +253,7 @@ def test_a_body_declared_too_large_is_refused_before_it_is_sent(server: ServerPr
         b"Content-Length: 20000000\r\n\r\n",
     )
     elapsed = time.monotonic() - started
+    print(f"20 MB declared, 0 bytes sent: {answer[:12]!r} after {elapsed * 1000:.0f} ms")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert elapsed < CHANNEL_TIMEOUT, elapsed  # not the idle timeout: refused at once
 
@@ -281,6 +282,10 @@ def test_stalled_bodies_hold_no_worker_and_are_dropped(server: ServerProcess) ->
                     closed += 1
             except (ConnectionResetError, TimeoutError):
                 pass
+        print(
+            f"{len(stalled)} stalled uploads: /healthz answered meanwhile; {closed} closed by "
+            f"the server {time.monotonic() - started:.1f} s after"
+        )
         assert closed == len(stalled), f"{closed} of {len(stalled)} closed by the server"
     finally:
         for sock in stalled:

@@ -170,6 +170,7 @@ def test_every_method_and_caller_on_this_route_is_answered_without_a_5xx(
                         acme.token = response.json["api_token"]  # a rotation: the live one
     finally:
         logging.getLogger().removeHandler(errors)
+    print(f"{pattern}: {sent} requests, {len(errors.bad)} errors logged")
     assert errors.bad == [], errors.bad[:5]
     assert sent >= 4 * (3 + 4 * 6 - 0) - 4 * 4  # every combination was sent
 
