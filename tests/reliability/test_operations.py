@@ -370,3 +370,51 @@ def test_pserve_honours_http_port(tmp_path: Path) -> None:
         process.terminate()
         assert process.wait(timeout=30) == 0, log.read_text()
     assert f"Serving on http://127.0.0.1:{port}" in log.read_text()
+
+
+# -- the settings behind these, without a server ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "host", "trusted"),
+    [
+        ("localhost 127.0.0.1", "localhost", True),
+        ("localhost 127.0.0.1", "127.0.0.1:6543", True),
+        ("localhost 127.0.0.1", "LOCALHOST.", True),
+        ("localhost 127.0.0.1", "evil.example", False),
+        ("localhost 127.0.0.1", "localhost.evil.example", False),
+        ("localhost 127.0.0.1", "", False),
+        ("api.example.com, .example.com", "www.example.com", True),
+        ("api.example.com, .example.com", "example.com:443", True),
+        ("api.example.com, .example.com", "badexample.com", False),
+    ],
+)
+def test_trusted_host_matching(setting: str, host: str, trusted: bool) -> None:
+    from myapp.views.guards import host_is_trusted, trusted_hosts
+
+    hosts = trusted_hosts({"myapp.trusted_hosts": setting})
+    assert host_is_trusted(host, hosts) is trusted
+
+
+def test_trusted_hosts_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyramid.exceptions import ConfigurationError
+
+    from myapp.views.guards import TRUSTED_HOSTS_ENV, trusted_hosts
+
+    monkeypatch.delenv(TRUSTED_HOSTS_ENV, raising=False)
+    assert trusted_hosts({}) == ()  # unset: every host is trusted
+    assert trusted_hosts({"myapp.trusted_hosts": "*"}) == ()
+    with pytest.raises(ConfigurationError, match="first entry"):
+        trusted_hosts({"myapp.trusted_hosts": ".example.com api.example.com"})
+    monkeypatch.setenv(TRUSTED_HOSTS_ENV, "api.example.com")
+    assert trusted_hosts({"myapp.trusted_hosts": "localhost"}) == ("api.example.com",)
+
+
+def test_http_port_replaces_every_listen_port() -> None:
+    from myapp.server import server_factory, with_port
+
+    assert with_port("localhost:6543 [::1]:6543", "6600") == "localhost:6600 [::1]:6600"
+    with pytest.raises(ValueError, match="port"):
+        with_port("localhost:6543", "66000")
+    with pytest.raises(ValueError, match="graceful_timeout"):
+        server_factory({}, graceful_timeout="-1")
