@@ -85,6 +85,7 @@ HTML_ERROR_PAGES = ((re.compile(r"^/dashboard(/|$)"), "myapp:templates/dashboard
 
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_PAGE_TITLES = {413: "Too large", 415: "Unsupported encoding"}
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -120,7 +121,9 @@ def check_url(environ: dict[str, Any]) -> None:
 def check_json(body: bytes, charset: str | None) -> None:
     """``body`` must be a UTF-8 JSON document that a database can store."""
     if not _is_utf8(charset):
-        raise BadInput(415, f"body: JSON must be sent as UTF-8, not {charset[:40]}", field="body")
+        raise BadInput(
+            415, f"body: JSON must be sent as UTF-8, not {str(charset)[:40]}", field="body"
+        )
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -168,7 +171,8 @@ def _is_utf8(charset: str | None) -> bool:
 def check_form(request: Request, content_type: str, charset: str | None) -> None:
     """A form body must be UTF-8 and parse; the parsed form stays on the request."""
     if not _is_utf8(charset):
-        raise BadInput(415, f"body: forms must be sent as UTF-8, not {charset[:40]}", field="body")  # type: ignore[index]
+        message = f"body: forms must be sent as UTF-8, not {str(charset)[:40]}"
+        raise BadInput(415, message, field="body")
     if content_type == "multipart/form-data":
         if not _content_type_param(request, "boundary"):
             raise BadInput(400, "body: a multipart body needs a boundary", field="body")
@@ -206,14 +210,14 @@ def _error_response(request: Request, exc: BadInput, *, url_ok: bool = True) -> 
                 response = render_to_response(
                     template,
                     {
-                        "title": "Bad request" if exc.status == 400 else "Unsupported form",
+                        "title": _PAGE_TITLES.get(exc.status, "Bad request"),
                         "message": exc.message.removeprefix("body: ").capitalize()
                         + ". Nothing was done.",
                     },
                     request=request,
                 )
-            except Exception:  # no template engine in this app: JSON will do
-                log.warning("cannot render %s; answering in JSON", template, exc_info=True)
+            except Exception as render_error:  # no template engine in this app: JSON will do
+                log.warning("cannot render %s (%r); answering in JSON", template, render_error)
                 break
             response.status = exc.status
             return response
