@@ -29,7 +29,6 @@ from myapp.models import Booking, Company, Driver, Invoice
 from myapp.models.dispatch import DispatchRun
 from myapp.testing.factories import insert_booking_rows
 
-
 N = 20
 ADMIN_TOKEN, ADMIN_HASH = new_token_and_hash()
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
