@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_helpers import ROOT, api_operations, fill
+from reliability_helpers import ROOT, api_operations, fill, new_token_and_hash
 
-from myapp.api.tokens import new_token_and_hash
 from myapp.testing.server import BIN, OVERRIDING_ENV, ServerProcess, free_port, write_ini
 
 ADMIN_TOKEN, ADMIN_HASH = new_token_and_hash()

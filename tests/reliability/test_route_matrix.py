@@ -26,9 +26,15 @@ from typing import Any
 
 import pytest
 import webtest
-from reliability_helpers import VALID_BODIES, WriteRecorder, build_app, fill, route_table
+from reliability_helpers import (
+    VALID_BODIES,
+    WriteRecorder,
+    build_app,
+    fill,
+    new_token_and_hash,
+    route_table,
+)
 
-from myapp.api.tokens import new_token_and_hash
 from myapp.testing.factories import BookingFactory, CompanyFactory, DriverFactory
 from myapp.testing.plugin import threaded_wsgi
 
