@@ -78,16 +78,19 @@ def flush_booking(session: Any, booking: Booking) -> None:
     After an IntegrityError the request's transaction can only abort, which the
     409 response makes it do.
     """
-    if booking.driver_id is not None:
+    # read before the flush: a failed flush expires a persistent booking, and reading an
+    # expired attribute then raises PendingRollbackError (a 500 instead of the 409)
+    driver_id, pickup_time = booking.driver_id, booking.pickup_time
+    if driver_id is not None:
         with session.no_autoflush:
-            taken = _slot_taken(session, booking.driver_id, booking.pickup_time, booking.id)
+            taken = _slot_taken(session, driver_id, pickup_time, booking.id)
         if taken:
-            raise double_booking(booking.driver_id, booking.pickup_time)
+            raise double_booking(driver_id, pickup_time)
     try:
         session.flush()
     except IntegrityError as exc:
-        if booking.driver_id is not None:
-            raise double_booking(booking.driver_id, booking.pickup_time) from exc
+        if driver_id is not None:
+            raise double_booking(driver_id, pickup_time) from exc
         raise
 
 

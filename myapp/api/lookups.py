@@ -42,8 +42,16 @@ def utc_time(data: dict[str, Any], field: str) -> datetime:
         raise BadField(field, "out of range: its UTC time must fall in years 1 to 9999") from None
 
 
-def company_or_404(request: Request) -> Company:
+def company_or_404(request: Request, *, lock: bool = False) -> Company:
+    """The company named by ``{company_id}``; ``lock``: SELECT ... FOR UPDATE, freshly read.
+
+    The security policy may have loaded this company into the session already
+    (a company token is looked up by its hash): a locking read must overwrite
+    that copy with the row as it is once the lock is granted.
+    """
     stmt = select(Company).where(Company.id == path_id(request, "company_id"))
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     company = request.dbsession.scalars(stmt).first()
     if company is None:
         raise HTTPNotFound()
@@ -70,7 +78,7 @@ def booking_or_404(request: Request, company_id: int, *, lock: bool = False) -> 
         Booking.id == path_id(request, "booking_id"), Booking.company_id == company_id
     )
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     booking = request.dbsession.scalars(stmt).first()
     if booking is None:
         raise HTTPNotFound()

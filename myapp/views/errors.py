@@ -42,7 +42,11 @@ def not_found(request: Request) -> dict[str, object]:
 def http_error(exc: HTTPException, request: Request) -> dict[str, object]:
     message = "not found" if exc.code == 404 else (exc.detail or exc.explanation or exc.title)
     request.response.headers.update(
-        {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "location", "retry-after")}
+        {
+            k: v
+            for k, v in exc.headers.items()
+            if k.lower() in ("allow", "location", "retry-after", "www-authenticate")
+        }
     )
     return _json(request, exc.code or 500, str(message).strip())
 

@@ -41,37 +41,53 @@ def sqlite_file(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _read_then_write(
-    engine: Engine, read: threading.Event, other_committed: threading.Event
-) -> str:
+#: a safety net only: each wait below is for an event that happens in that mode
+EVENT_TIMEOUT = 60
+
+
+def _read_then_write(engine: Engine, read: threading.Event, go_on: threading.Event) -> str:
     with engine.begin() as conn:
         conn.scalar(select(func.count()).select_from(ITEMS))  # a read transaction now
         read.set()
-        other_committed.wait(0.5)  # with the write intent, the other writer waits for us
+        assert go_on.wait(EVENT_TIMEOUT), "the other writer never got there"
         conn.execute(insert(ITEMS).values(name="reader-then-writer"))
     return "ok"
 
 
-def _write(engine: Engine, read: threading.Event, committed: threading.Event) -> str:
-    assert read.wait(10)
-    with engine.begin() as conn:
-        conn.execute(insert(ITEMS).values(name="other-writer"))
+def _write(
+    engine: Engine, read: threading.Event, trying: threading.Event, committed: threading.Event
+) -> str:
+    assert read.wait(EVENT_TIMEOUT)
+    with engine.connect() as conn:
+
+        def seen(statement: str) -> None:  # SQLite calls it as the statement starts running
+            if statement.startswith("BEGIN"):
+                trying.set()
+
+        conn.connection.driver_connection.set_trace_callback(seen)
+        try:
+            with conn.begin():
+                conn.execute(insert(ITEMS).values(name="other-writer"))
+        finally:
+            conn.connection.driver_connection.set_trace_callback(None)
     committed.set()
     return "ok"
 
 
 def test_without_the_write_intent_a_reader_turned_writer_fails(sqlite_file: Engine) -> None:
-    read, committed = threading.Event(), threading.Event()
+    """The reader writes once the other writer has committed: always "database is locked"."""
+    read, trying, committed = threading.Event(), threading.Event(), threading.Event()
     with pytest.raises(OperationalError, match="database is locked") as info:
         run_threads(
             lambda: _read_then_write(sqlite_file, read, committed),
-            lambda: _write(sqlite_file, read, committed),
+            lambda: _write(sqlite_file, read, trying, committed),
         )
     assert is_transient(info.value)  # a request would have been replayed, up to its attempts
 
 
 def test_with_the_write_intent_both_writers_commit(sqlite_file: Engine) -> None:
-    read, committed = threading.Event(), threading.Event()
+    """The reader writes once the other writer is trying to begin: it waits for the reader."""
+    read, trying, committed = threading.Event(), threading.Event(), threading.Event()
 
     def intent(fn: Any) -> Any:
         def run() -> Any:
@@ -81,12 +97,13 @@ def test_with_the_write_intent_both_writers_commit(sqlite_file: Engine) -> None:
         return run
 
     results = run_threads(
-        intent(lambda: _read_then_write(sqlite_file, read, committed)),
-        intent(lambda: _write(sqlite_file, read, committed)),
+        intent(lambda: _read_then_write(sqlite_file, read, trying)),
+        intent(lambda: _write(sqlite_file, read, trying, committed)),
     )
     assert results == ["ok", "ok"]
     with sqlite_file.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(ITEMS)) == 2
+        names = list(conn.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id)))
+    assert names == ["reader-then-writer", "other-writer"]  # the other writer waited
 
 
 def test_write_requests_begin_immediate_and_read_requests_do_not(sqlite_file: Engine) -> None:

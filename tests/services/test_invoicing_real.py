@@ -8,6 +8,7 @@ another connection.
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import signal
@@ -96,9 +97,10 @@ def run_and_kill(store: Store, batch_size: int, kill_at: int, total: int) -> int
 def test_sigkill_at_random_points_then_a_rerun_invoices_each_booking_once(store: Store) -> None:
     batch_size = 10
     total = month_of_bookings(store, 3000, noise=300)
-    seed = secrets.randbits(32)
+    # reproducible: a failure prints the seed, MYAPP_KILL_SEED=<seed> replays the same kill points
+    seed = int(os.environ.get("MYAPP_KILL_SEED") or secrets.randbits(32))
     rng = random.Random(seed)
-    note = f"(kill points drawn with random.Random({seed}))"
+    note = f"(kill points drawn with random.Random({seed}); replay with MYAPP_KILL_SEED={seed})"
 
     first_kill = rng.randrange(total // 20, total * 2 // 5)
     committed = run_and_kill(store, batch_size, first_kill, total)

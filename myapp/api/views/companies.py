@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyramid.httpexceptions import HTTPUnauthorized
 from pyramid.request import Request
 from sqlalchemy import select
 
@@ -11,7 +12,8 @@ from myapp.models import Company
 
 from ..lookups import body, company_or_404, created
 from ..pagination import paginate
-from ..tokens import new_token_and_hash
+from ..security import bearer_token
+from ..tokens import hash_token, new_token_and_hash, same_hash
 from . import api_view
 
 
@@ -52,7 +54,22 @@ def update_company(request: Request) -> dict[str, Any]:
 
 @api_view(route_name="api.company_token", request_method="POST", permission="company")
 def rotate_token(request: Request) -> dict[str, Any]:
-    company = company_or_404(request)
+    """Replace the company's token: a read-modify-write under the company's row lock.
+
+    The row is locked (``SELECT ... FOR UPDATE``; on SQLite the request's
+    ``BEGIN IMMEDIATE`` serializes writers), then the caller is checked again
+    against the row as it is now: a company token that a concurrent rotation
+    replaced while this request waited is no longer valid, so the answer is
+    401 and no token is handed out. The admin token needs no re-check: each
+    admin rotation replaces the token the previous one committed.
+    """
+    company = company_or_404(request, lock=True)
+    if not request.identity.is_admin and not same_hash(
+        company.api_token_hash, hash_token(bearer_token(request) or "")
+    ):
+        raise HTTPUnauthorized(
+            "invalid token", headers={"WWW-Authenticate": 'Bearer realm="myapp"'}
+        )
     token, company.api_token_hash = new_token_and_hash()
     request.dbsession.flush()
     return {**serialize_company(company), "api_token": token}
