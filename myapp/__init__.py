@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
 
-from pyramid.config import Configurator
-from pyramid.router import Router
+# Pyramid 2.x imports pkg_resources (pyramid.asset, pyramid.path), and setuptools (>= 80.9 as
+# a UserWarning, earlier as a DeprecationWarning) warns on that import: on Python 3.12+ venvs,
+# where pip installs a recent setuptools, the warning reached the stderr of every `myapp`
+# command. Nothing a user of myapp can act on: hidden here, before Pyramid is first imported
+# by any myapp entry point (console script, app factory, alembic env, pytest plugin).
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API")
+
+from typing import Any  # noqa: E402
+
+from pyramid.config import Configurator  # noqa: E402
+from pyramid.router import Router  # noqa: E402
 
 
 def includeme(config: Configurator) -> None:
