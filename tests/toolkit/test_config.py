@@ -88,7 +88,7 @@ def _run(pytester: pytest.Pytester, backend: str, dburl: str | None) -> pytest.R
     args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-v", "--backends", backend]
     if backend == "postgresql":
         args += ["--dburl", dburl]  # type: ignore[list-item]
-    return pytester.runpytest_subprocess(*args, timeout=300)
+    return pytester.runpytest(*args)
 
 
 def test_unconfigured_the_plugin_is_inert(pytester: pytest.Pytester, monkeypatch) -> None:
@@ -191,13 +191,13 @@ def test_configuration_errors_are_clear(pytester: pytest.Pytester, monkeypatch) 
     monkeypatch.delenv(ENV_DBURL, raising=False)
     pytester.makepyfile(test_x="def test_x(db):\n    pass\n")
     pytester.makeini("[pytest]\nmyapp_app = notesproj_c:main\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*the dbengine fixture needs a schema: set myapp_metadata*"])
     pytester.makeini("[pytest]\nmyapp_ini = missing.ini\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*myapp_ini: *missing.ini does not exist*"])
     pytester.makeini("[pytest]\nmyapp_metadata = x:y\nmyapp_db_prefix = Bad-Prefix\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*myapp_db_prefix: test database prefix 'Bad-Prefix'*"])
