@@ -7,9 +7,10 @@ fixtures ``db``, ``dbsession``, ``tm``, ``app``, ``testapp``, ``app_request``,
 ``dbengine``, ``committed_rows``.
 
 The slow tests: ``@pytest.mark.slow`` in the test files, and the list below
-(load, kill, callgrind and browser tests, whole files or single tests) marked
-here, so one place says what ``make test`` leaves out (``-m "not slow"``);
-``make test-all`` and CI run everything. A listed test that no longer exists
+(load, kill, callgrind and browser tests, the longest migration round trips in
+subprocesses; whole files or single tests) marked here, so one place says
+what ``make test`` leaves out (``-m "not slow"``); ``make test-all`` and CI
+run everything. A listed test that no longer exists
 is a collection error, so the list cannot rot silently.
 """
 
@@ -30,6 +31,16 @@ SLOW: dict[str, str] = {
     ),
     "tests/toolkit/test_backends.py::test_xdist_one_database_per_worker": (
         "an inner pytest-xdist run in a subprocess"
+    ),
+    # the three longest CLI tests: whole migration histories through `myapp` subprocesses
+    "tests/commands/test_database_commands.py::test_migrate_downgrade_upgrade_round_trip": (
+        "migrations: every revision down and up again, in subprocesses"
+    ),
+    "tests/commands/test_database_commands.py::test_initdb_creates_the_schema_and_check_follows": (
+        "migrations: initdb then check, in subprocesses"
+    ),
+    "tests/commands/test_database_commands.py::test_migrate_revision_autogenerate": (
+        "migrations: autogenerate a revision, in subprocesses"
     ),
 }
 
