@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import transaction
-from pyramid.config import Configurator
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from webob import Request
@@ -240,6 +239,9 @@ def fastapi_mapping(db: Database) -> None:
         rows = request.dbsession.scalars(select(Event.id).where(Event.id.like("doc_%")))
         create_event("doc_request", "nested in the request's transaction")
         return {"ids": sorted(rows), "same": request.dbsession is current_session()}
+
+    # imported here, after myapp (which hides Pyramid's pkg_resources warning on Python 3.12+)
+    from pyramid.config import Configurator
 
     with Configurator(settings={"myapp.database": db}) as config:
         config.include("myapp.db.pyramid")

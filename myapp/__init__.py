@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
+
+# Pyramid 2.x imports pkg_resources (pyramid.asset, pyramid.path), and setuptools (>= 80.9 as
+# a UserWarning, earlier as a DeprecationWarning) warns on that import: on Python 3.12+ venvs,
+# where pip installs a recent setuptools, the warning reached the stderr of every `myapp`
+# command. Nothing a user of myapp can act on: hidden here, before Pyramid is first imported
+# by any myapp entry point (console script, app factory, alembic env, pytest plugin).
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API")
 
 if TYPE_CHECKING:  # Pyramid is imported by main(), not by importing the package
     from pyramid.config import Configurator

@@ -36,6 +36,7 @@ from sqlalchemy import insert
 
 from myapp.db import current_session
 from myapp.models import Booking, Company, Driver, Invoice
+from myapp.testing.committed import CommittedRows as _CommittedRows
 
 #: the first booking's pickup time; each further booking is 30 minutes later
 BASE_PICKUP_TIME = datetime(2040, 1, 2, 8, 0, tzinfo=UTC)
@@ -247,21 +248,25 @@ def insert_booking_rows(
     ]
 
 
-class CommittedRows:
-    """Rows committed on a test database through an engine of their own, deleted afterwards.
+class CommittedRows(_CommittedRows):
+    """Companies, drivers and bookings committed for real, deleted afterwards.
 
     For tests of real concurrency (dispatchers on several connections, a
     holder connection taking locks): the ``db`` fixture's rows would be
-    invisible to other connections. Use :func:`committed_rows`.
+    invisible to other connections. Use :func:`committed_rows`. The engine
+    and cleanup are :class:`myapp.testing.committed.CommittedRows`'.
     """
 
-    def __init__(self, url: str, created: datetime = BASE_PICKUP_TIME) -> None:
-        from myapp.db import Database, create_engine_for
+    token_prefix = "f"
 
-        self.engine = create_engine_for(url, pool_size=10, max_overflow=10)
-        self.database = Database(self.engine)
+    def __init__(self, url: str, created: datetime = BASE_PICKUP_TIME) -> None:
+        super().__init__(url, pool_size=10, max_overflow=10)
         self.created = created
         self.company_ids: list[int] = []
+        # parents first: deleted in the reverse order
+        self.delete_after(Company, lambda: Company.id.in_(self.company_ids))
+        self.delete_after(Driver, lambda: Driver.company_id.in_(self.company_ids))
+        self.delete_after(Booking, lambda: Booking.company_id.in_(self.company_ids))
 
     def company(
         self, drivers: int, bookings: list[datetime] | tuple[datetime, ...] = (), name: str = "real"
@@ -314,25 +319,9 @@ class CommittedRows:
 
         return lock_waiters(self.engine, query_like, timeout=timeout)
 
-    def cleanup(self) -> None:
-        from sqlalchemy import delete
-
-        try:
-            with self.engine.begin() as conn:
-                ids = self.company_ids
-                conn.execute(delete(Booking.__table__).where(Booking.company_id.in_(ids)))
-                conn.execute(delete(Driver.__table__).where(Driver.company_id.in_(ids)))
-                conn.execute(delete(Company.__table__).where(Company.id.in_(ids)))
-        finally:
-            self.engine.dispose()
-
 
 @contextmanager
 def committed_rows(engine: Any, created: datetime = BASE_PICKUP_TIME) -> Iterator[CommittedRows]:
     """:class:`CommittedRows` on ``engine``'s database; checks no connection is left checked out."""
-    data = CommittedRows(engine.url.render_as_string(hide_password=False), created)
-    try:
+    with CommittedRows.on(engine, created=created) as data:
         yield data
-        assert data.engine.pool.checkedout() == 0, "a connection is still checked out"
-    finally:
-        data.cleanup()

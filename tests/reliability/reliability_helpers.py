@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 import selectors
 import socket
 import threading
@@ -31,10 +30,10 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.engine import Engine
 
 from myapp.api.tokens import new_token_and_hash
-from myapp.db import Database, create_engine_for
+from myapp.db import Database
 from myapp.models import Booking, Company, Driver, Invoice, Item
 from myapp.models.dispatch import DispatchRun
-from myapp.testing import apps
+from myapp.testing import CommittedRows, apps
 from myapp.testing.factories import VALID_API_BODIES
 from myapp.testing.server import free_port
 
@@ -76,23 +75,13 @@ def client(app: Any) -> webtest.TestApp:
     return webtest.TestApp(app, extra_environ={"HTTP_HOST": "example.com"})
 
 
-class Live:
+class Live(CommittedRows):
     """A real engine and Database on the run's database; what it writes is tagged ``token``."""
 
-    def __init__(self, url: str, **engine_options: Any) -> None:
-        self.url = url
-        engine_options.setdefault("pool_size", 5)
-        engine_options.setdefault("max_overflow", 10)
-        self.engine: Engine = create_engine_for(url, **engine_options)
-        self.database = Database(self.engine)
-        self.token = "r" + secrets.token_hex(4)
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
+    token_prefix = "r"
 
     def name(self, suffix: Any = "") -> str:
-        return f"{self.token}{suffix}"
+        return self.tag(suffix)
 
     def app(self, configure: Callable[[Configurator], None] | None = None, **settings: Any) -> Any:
         return build_app(self.database, configure, **settings)
@@ -145,16 +134,12 @@ class Live:
                 )
         return result
 
-    def cleanup(self) -> None:
-        try:
-            ids = self.company_ids()
-            with self.engine.begin() as conn:
-                for model in (Invoice, DispatchRun, Booking, Driver):
-                    conn.execute(delete(model).where(model.company_id.in_(ids)))
-                conn.execute(delete(Company).where(Company.id.in_(ids)))
-                conn.execute(delete(Item).where(Item.name.like(self.token + "%")))
-        finally:
-            self.engine.dispose()
+    def delete_rows(self, conn: Any) -> None:
+        ids = list(conn.scalars(select(Company.id).where(self.tagged(Company.name))))
+        for model in (Invoice, DispatchRun, Booking, Driver):
+            conn.execute(delete(model).where(model.company_id.in_(ids)))
+        conn.execute(delete(Company).where(Company.id.in_(ids)))
+        conn.execute(delete(Item).where(self.tagged(Item.name)))
 
 
 def run_threads(*targets: Callable[[], Any], timeout: float = 60) -> list[Any]:

@@ -23,12 +23,11 @@ from typing import Any
 
 import webtest
 from pyramid.config import Configurator
-from sqlalchemy import delete, func, insert, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, insert, or_, select
 
-from myapp.db import Database, create_engine_for, current_transaction, get_tm
+from myapp.db import Database, current_transaction, get_tm
 from myapp.models import Item
-from myapp.testing import apps
+from myapp.testing import CommittedRows, apps
 from myapp.testing.plugin import threaded_wsgi
 
 ITEMS = Item.__table__
@@ -52,23 +51,20 @@ def threaded(app: Any, request_thread: Any) -> webtest.TestApp:
     )
 
 
-class RealStack:
+class RealStack(CommittedRows):
     """A real engine and Database on the run's database; rows tagged with ``token``."""
 
-    def __init__(self, url: str, request_thread: Any) -> None:
-        self.engine: Engine = create_engine_for(url, pool_size=5, max_overflow=10)
-        self.database = Database(self.engine)
-        self.request_thread = request_thread
-        self.token = "t" + secrets.token_hex(4)
-        self.ids: set[int] = set()
+    token_prefix = "t"
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
+    def __init__(self, url: str, request_thread: Any) -> None:
+        super().__init__(url)
+        self.request_thread = request_thread
+        self.ids: set[int] = set()
+        self.delete_after(ITEMS, lambda: or_(self.tagged(ITEMS.c.name), ITEMS.c.id.in_(self.ids)))
 
     def name(self, suffix: str = "") -> str:
         """A row name carrying this test's token (cleaned up at the end)."""
-        return f"{self.token}{suffix}"
+        return self.tag(suffix)
 
     def app(
         self, configure: Callable[[Configurator], None] | None = None, **settings: Any
@@ -97,17 +93,6 @@ class RealStack:
 
     def open_transaction(self) -> Any:
         return self.request_thread.run(lambda: current_transaction(get_tm()))
-
-    def cleanup(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    delete(ITEMS).where(
-                        or_(ITEMS.c.name.like(self.token + "%"), ITEMS.c.id.in_(self.ids))
-                    )
-                )
-        finally:
-            self.engine.dispose()
 
 
 class ConnectionStack:

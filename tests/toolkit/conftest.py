@@ -37,6 +37,23 @@ def driver(db: Any, company: Company) -> Driver:
     return persisted_fixture(db, DriverFactory(company=company), Driver)
 
 
+#: the inner runs' pytest.ini: the toolkit configured without an ini file of the app's
+#: (their rootdir has none), as a project that names its app factory and migrations would
+INNER_INI = """\
+[pytest]
+addopts = -p no:cacheprovider -p no:randomly
+filterwarnings =
+    error::sqlalchemy.exc.SAWarning
+myapp_app = myapp:main
+myapp_script_location = myapp:alembic
+myapp_settings =
+    myapp.env = testing
+myapp_db_prefix = myapp_test_
+"""
+#: the test database prefix of the inner runs (and of this suite: setup.cfg)
+PREFIX = "myapp_test_"
+
+
 class Inner:
     """Runs inner pytest sessions on one backend (the outer test's)."""
 
@@ -45,11 +62,7 @@ class Inner:
         self.backend = backend
         self.dburl = dburl
         # the plugin comes from the package's pytest11 entry point (no -p needed)
-        pytester.makeini(
-            "[pytest]\n"
-            "addopts = -p no:cacheprovider -p no:randomly\n"
-            "filterwarnings =\n    error::sqlalchemy.exc.SAWarning\n"
-        )
+        pytester.makeini(INNER_INI)
 
     def args(self) -> list[str]:
         args = ["--backends", self.backend]

@@ -15,7 +15,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from myapp.db.settings import normalise_url
-from myapp.testing.plugin import ENV_DBURL, HOST_TAG, PG_DATABASE_PREFIX
+from myapp.testing.plugin import ENV_DBURL, HOST_TAG
+
+from .conftest import INNER_INI
+from .conftest import PREFIX as PG_DATABASE_PREFIX
 
 RECORDING_TESTS = """
     import json
@@ -129,6 +132,7 @@ def test_one_command_runs_both_backends(inner, tmp_path, monkeypatch, how):
 
 def test_sqlite_alone_and_postgresql_only_tests(pytester, monkeypatch, _app_modules_loaded):
     monkeypatch.delenv(ENV_DBURL, raising=False)
+    pytester.makeini(INNER_INI)
     pytester.makepyfile(
         test_inner_pg_only=textwrap.dedent(
             """
@@ -152,6 +156,7 @@ def test_sqlite_alone_and_postgresql_only_tests(pytester, monkeypatch, _app_modu
 
 def test_usage_errors_are_clear(pytester, monkeypatch):
     monkeypatch.delenv(ENV_DBURL, raising=False)
+    pytester.makeini(INNER_INI)
     pytester.makepyfile(test_inner_nothing="def test_nothing(db): pass\n")
     result = pytester.runpytest("--backends", "postgresql")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -162,6 +167,7 @@ def test_usage_errors_are_clear(pytester, monkeypatch):
 
 def test_unreachable_server_is_reported(pytester, monkeypatch, _app_modules_loaded):
     monkeypatch.delenv(ENV_DBURL, raising=False)
+    pytester.makeini(INNER_INI)
     pytester.makepyfile(test_inner_nothing="def test_nothing(db): pass\n")
     result = pytester.runpytest(
         "--backends", "postgresql", "--dburl", "postgresql://127.0.0.1:1/test"

@@ -83,3 +83,55 @@ def test_leak_guard_names_the_leaking_tests(inner):
         "test_closed_connections_are_fine",
     ):
         result.stdout.fnmatch_lines([f"*::{name}[[]{backend}[]] PASSED*"])
+
+
+RAW_LEAKS = """
+    from sqlalchemy import text
+
+    LEAKED = []
+
+    def test_raw_dbengine_leak(dbengine):
+        conn = dbengine.connect()
+        conn.execute(text("SELECT 1"))
+        LEAKED.append(conn)
+
+    def test_after_the_raw_leak(dbengine):
+        assert dbengine.pool.checkedout() == 0  # reclaimed by the guard
+
+    def test_committed_rows_engine_leak(committed_rows):
+        LEAKED.append(committed_rows.engine.connect())
+
+    def test_closed_raw_connection_is_fine(dbengine):
+        with dbengine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def test_no_database_at_all():
+        assert True
+"""
+
+
+def test_leak_guard_covers_every_engine_the_toolkit_made(inner):
+    """Not only tests that use ``db``: a raw ``dbengine.connect()`` that is kept fails too."""
+    inner.pytester.makepyfile(test_inner_raw=textwrap.dedent(RAW_LEAKS))
+    result = inner.run("-v", "-p", "no:randomly")
+    backend = inner.backend
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_raw_dbengine_leak[[]{backend}[]]*",
+            f"leak guard: test_inner_raw.py::test_raw_dbengine_leak[[]{backend}[]] left 1 "
+            "connection(s) checked out (checked out at test_inner_raw.py:6 in "
+            "test_raw_dbengine_leak; invalidated and returned to the pool)",
+            f"*ERROR at teardown of test_committed_rows_engine_leak[[]{backend}[]]*",
+            f"leak guard: test_inner_raw.py::test_committed_rows_engine_leak[[]{backend}[]] left 1 "
+            "connection(s) of its committed_rows engines checked out (checked out at "
+            "test_inner_raw.py:14 in test_committed_rows_engine_leak; invalidated and returned "
+            "to the pool)",
+        ]
+    )
+    for name in (
+        f"test_after_the_raw_leak[[]{backend}[]]",
+        f"test_closed_raw_connection_is_fine[[]{backend}[]]",
+        "test_no_database_at_all",
+    ):
+        result.stdout.fnmatch_lines([f"*::{name} PASSED*"])
+    result.assert_outcomes(passed=5, errors=2)

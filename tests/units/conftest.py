@@ -12,7 +12,6 @@ left a unit of work open or a connection checked out.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,40 +19,31 @@ from typing import Any
 import pytest
 import webtest
 from pyramid.config import Configurator
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 
-from myapp.db import Database, create_engine_for, current_transaction, get_tm
+from myapp.db import Database, current_transaction, get_tm
 from myapp.db.scope import active_scope
 from myapp.models import Event, Item
+from myapp.testing import CommittedRows
 from myapp.testing.plugin import threaded_wsgi
 
 WRITE = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(insert|update|delete|with)\b", re.IGNORECASE | re.DOTALL)
 
 
-class Real:
+class Real(CommittedRows):
     """A real engine and Database on the run's database; rows named with ``token``."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine: Engine = create_engine_for(url, pool_size=5, max_overflow=10)
-        self.database = Database(self.engine)
-        self.token = "u" + secrets.token_hex(4)
-        self.engines: list[Engine] = [self.engine]
+    token_prefix = "u"
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.delete_after(Item, self.tagged(Item.name))
+        self.delete_after(Event, self.tagged(Event.id))
 
     def id(self, suffix: Any = "") -> str:
         """An event id / item name carrying this test's token (cleaned up at the end)."""
         return f"{self.token}_{suffix}"
-
-    def new_engine(self, **options: Any) -> Engine:
-        """Another engine on the same database (disposed at the end)."""
-        engine = create_engine_for(self.url, **options)
-        self.engines.append(engine)
-        return engine
 
     def event_ids(self) -> set[str]:
         """This test's committed event ids, read on a fresh connection."""
@@ -66,11 +56,6 @@ class Real:
             return conn.scalar(
                 select(func.count()).select_from(Item).where(Item.name.like(self.token + "%"))
             )
-
-    def cleanup(self) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(Event).where(Event.id.like(self.token + "%")))
-            conn.execute(delete(Item).where(Item.name.like(self.token + "%")))
 
 
 @pytest.fixture

@@ -1,0 +1,194 @@
+"""Test databases: a fresh PostgreSQL database per run (or xdist worker), and its schema.
+
+:class:`PostgresTestDatabase` creates ``<prefix><worker>_<host>_<pid>_<random>``
+on the ``--dburl`` server and drops it after the run; a run killed with
+SIGKILL leaves its database behind, and the next run on the same machine
+drops it. :func:`build_schema` builds the schema once per run, from a
+``MetaData`` (``create_all``) or alembic migrations (``upgrade head`` on the
+given connection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import socket
+
+import pytest
+import sqlalchemy
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from myapp.db import create_engine_for
+from myapp.db.settings import normalise_url
+
+#: default prefix of the PostgreSQL databases the toolkit creates (and drops)
+PG_DATABASE_PREFIX = "test_"
+#: the prefix in force (the ``myapp_db_prefix`` ini option sets it when pytest starts)
+_prefix = [PG_DATABASE_PREFIX]
+
+
+def set_database_prefix(prefix: str) -> None:
+    """The prefix of the databases :class:`PostgresTestDatabase` makes from now on."""
+    _check_prefix(prefix)
+    _prefix[0] = prefix
+
+
+def database_prefix() -> str:
+    """The prefix in force (``myapp_db_prefix``, default ``test_``)."""
+    return _prefix[0]
+
+
+def _check_prefix(prefix: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,29}", prefix):
+        raise ValueError(
+            f"test database prefix {prefix!r}: use 1-30 lowercase letters, digits or '_', "
+            "starting with a letter"
+        )
+
+
+def run_migrations(
+    connection: Connection,
+    revision: str = "head",
+    *,
+    script_location: str | None = None,
+    alembic_ini: str | None = None,
+) -> None:
+    """``alembic upgrade revision`` on ``connection`` (in the caller's transaction).
+
+    The migrations come from ``script_location`` (``"package:alembic"``) or
+    the ``[alembic]`` section of ``alembic_ini``; with neither, myapp's own.
+    The project's ``env.py`` must use ``config.attributes["connection"]``
+    when it is set (alembic's recipe "Sharing a Connection across one or
+    more programmatic migration commands").
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(alembic_ini) if alembic_ini else Config()
+    if script_location is not None or not alembic_ini:
+        config.set_main_option("script_location", script_location or "myapp:alembic")
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def build_schema(
+    connection: Connection,
+    *,
+    metadata: MetaData | None = None,
+    script_location: str | None = None,
+    alembic_ini: str | None = None,
+) -> None:
+    """Build the test schema on ``connection``: ``metadata.create_all`` or the migrations."""
+    if metadata is not None:
+        metadata.create_all(connection)
+    else:
+        run_migrations(connection, script_location=script_location, alembic_ini=alembic_ini)
+
+
+#: this machine, in test database names (several machines may share one server)
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _name_pattern(prefix: str) -> re.Pattern[str]:
+    """``<prefix><worker>_<host>_<pid>_<random>``: the names :class:`PostgresTestDatabase` makes."""
+    return re.compile(
+        rf"^{re.escape(prefix)}(?P<worker>[A-Za-z0-9]+)_(?P<host>[0-9a-f]{{6}})_(?P<pid>\d+)_[0-9a-f]+$"
+    )
+
+
+#: the names made with the default prefix
+_TEST_DATABASE_NAME = _name_pattern(PG_DATABASE_PREFIX)
+
+
+def _worker_tag() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"{worker}_{HOST_TAG}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class PostgresTestDatabase:
+    """A PostgreSQL database created for one test run (or xdist worker) and dropped after it.
+
+    A run killed with SIGKILL cannot drop its database: the next run on the
+    same machine does (:meth:`drop_leftovers`), if the run that made it is
+    gone and nobody is connected to it.
+    """
+
+    def __init__(self, server_url: str, prefix: str | None = None) -> None:
+        prefix = prefix or database_prefix()
+        _check_prefix(prefix)
+        self.prefix = prefix
+        self.server_url = make_url(normalise_url(server_url))
+        self.name = f"{prefix}{_worker_tag()}"
+        self.url = self.server_url.set(database=self.name)
+
+    def drop_leftovers(self, conn: Connection) -> list[str]:
+        """Drop the test databases of dead runs of this machine; return their names.
+
+        Only names made by this machine (:data:`HOST_TAG`) whose process no
+        longer exists and that have no connection are dropped; databases of
+        other machines, of live runs, or in older name formats are left alone.
+        """
+        dropped = []
+        names = conn.exec_driver_sql(
+            "SELECT datname FROM pg_database WHERE datname LIKE %(pattern)s",
+            {"pattern": self.prefix.replace("_", "\\_") + "%"},
+        ).scalars()
+        pattern = _name_pattern(self.prefix)
+        for name in list(names):
+            match = pattern.match(name)
+            if match is None or match["host"] != HOST_TAG or _process_alive(int(match["pid"])):
+                continue
+            connected = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %(name)s", {"name": name}
+            ).scalar()
+            if connected:
+                continue
+            try:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            except sqlalchemy.exc.DBAPIError:  # taken meanwhile (another worker dropping it)
+                continue
+            dropped.append(name)
+        return dropped
+
+    def _admin(self) -> Engine:
+        return create_engine_for(
+            self.server_url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+        )
+
+    def create(self) -> str:
+        """Create the database; return its URL (password included)."""
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                self.drop_leftovers(conn)
+                conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        except Exception as exc:
+            raise pytest.UsageError(
+                f"--dburl {self.server_url.render_as_string()}: cannot create a test database "
+                f"there: {exc}"
+            ) from exc
+        finally:
+            admin.dispose()
+        return self.url.render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        """Drop the database, closing whatever connections remain on it."""
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            admin.dispose()
