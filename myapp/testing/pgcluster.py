@@ -544,6 +544,25 @@ class PgCluster:
                 )
             time.sleep(0.05)
 
+    def pause_replay(self) -> None:
+        """Make the replica lag on purpose: it keeps receiving WAL but stops replaying it.
+
+        Reads on the replica then see the data as of the pause; :meth:`replica_lag`
+        grows with every write on the primary. :meth:`resume_replay` undoes it.
+        """
+        with self._require_replica().connect() as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone() != ("paused",):
+                if time.monotonic() > deadline:
+                    raise ClusterError("the replica did not pause its replay in 30 s")
+                time.sleep(0.02)
+
+    def resume_replay(self) -> None:
+        """Let a paused replica replay again (it catches up on its own)."""
+        with self._require_replica().connect() as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
     def stop_replica(self, mode: str = "fast") -> None:
         """Stop the replica (``immediate`` for a crash); the primary keeps its WAL (slot)."""
         self._require_replica().stop(mode)
