@@ -476,25 +476,73 @@ def count_round_trips(
     return windows
 
 
-def _floor(proxy_url: str, n: int) -> float:
-    """Median ms of a raw psycopg ``SELECT 1`` (autocommit) through the proxy."""
+def _timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """Median and minimum wall time of ``n`` calls of ``fn``, in ms."""
+    from benchmarks.common import median
+
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return median(times), min(times)
+
+
+def _latencies(
+    proxy: CountingProxy,
+    proxy_url: str,
+    apps: dict[str, tuple[Any, Callable[[], None]]],
+    rtts: list[float],
+    requests: int,
+    rounds: int,
+) -> tuple[dict[float, Any], dict[float, Any], dict[float, list[float]]]:
+    """Per added RTT, competitor and request: the medians and minima of each round (ms).
+
+    Every round runs every (added RTT, competitor) once, in a rotating order, so a
+    burst of load on this shared machine hits them all alike. The floor, a raw
+    ``SELECT 1`` on one autocommit connection through the proxy, is measured in
+    every round too.
+    """
     import psycopg
     from sqlalchemy.engine import make_url
 
+    from benchmarks.common import rotated
+
+    def table() -> dict[float, dict[str, dict[str, list[float]]]]:
+        return {r: {c: {x[0]: [] for x in REQUESTS} for c in COMPETITORS} for r in rtts}
+
+    latency, fastest = table(), table()
+    floor: dict[float, list[float]] = {r: [] for r in rtts}
     u = make_url(proxy_url)
     with psycopg.connect(
         host=u.host, port=u.port, dbname=u.database, user=u.username, autocommit=True
-    ) as conn:
-        for _ in range(5):
-            conn.execute("SELECT 1")
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            conn.execute("SELECT 1").fetchone()
-            times.append((time.perf_counter() - t) * 1000)
-    from benchmarks.common import median
-
-    return median(times)
+    ) as floor_conn:
+        for r in range(rounds):
+            for rtt in rotated(rtts, r):
+                proxy.set_rtt(rtt)
+                for _ in range(3):  # warm at this delay (the proxy's timer calibration)
+                    floor_conn.execute("SELECT 1")
+                med, _ = _timed(lambda: floor_conn.execute("SELECT 1").fetchone(), requests)
+                floor[rtt].append(med)
+                for c in rotated(list(COMPETITORS), r):
+                    app = apps[c][0]
+                    for label, method, path in REQUESTS:
+                        call(app, method, path)
+                        med, low = _timed(lambda a=app, m=method, p=path: call(a, m, p), requests)
+                        latency[rtt][c][label].append(med)
+                        fastest[rtt][c][label].append(low)
+            print(
+                f"  round {r + 1}/{rounds}: "
+                + "; ".join(
+                    f"+{rtt:g} ms: floor {floor[rtt][-1]:.2f}, GET "
+                    + " ".join(
+                        f"{c}={latency[rtt][c]['GET /items/1'][-1]:.2f}" for c in COMPETITORS
+                    )
+                    for rtt in rtts
+                ),
+                flush=True,
+            )
+    return latency, fastest, floor
 
 
 # ---------------------------------------------------------------------------
@@ -502,9 +550,10 @@ def _floor(proxy_url: str, n: int) -> float:
 
 
 def measure(dburl: str, rtts: list[float], requests: int, rounds: int) -> dict[str, Any]:
+    """Round trips (exact) and latency of every competitor and request; see the module doc."""
     from sqlalchemy.engine import make_url
 
-    from benchmarks.common import fresh_pg_database, median, migrate, rotated
+    from benchmarks.common import fresh_pg_database, median, migrate
     from benchmarks.request_overhead import seed_items
     from myapp.db.settings import normalise_url
 
@@ -527,31 +576,7 @@ def measure(dburl: str, rtts: list[float], requests: int, rounds: int) -> dict[s
                     for label, values in by_request.items():
                         if len(set(values)) != 1:
                             print(f"  note: {c} {label}: round trips vary: {values}", flush=True)
-                latency: dict[float, dict[str, dict[str, list[float]]]] = {}
-                floor: dict[float, float] = {}
-                for rtt in rtts:
-                    proxy.set_rtt(rtt)
-                    floor[rtt] = _floor(proxy_url, max(20, requests // 2))
-                    per = {c: {label: [] for label, _, _ in REQUESTS} for c in COMPETITORS}
-                    for r in range(rounds):
-                        for c in rotated(list(COMPETITORS), r):
-                            app = apps[c][0]
-                            for label, method, path in REQUESTS:
-                                call(app, method, path)  # warm at this delay
-                                samples = []
-                                for _ in range(requests):
-                                    t = time.perf_counter()
-                                    call(app, method, path)
-                                    samples.append((time.perf_counter() - t) * 1000)
-                                per[c][label].append(median(samples))
-                    latency[rtt] = per
-                    print(
-                        f"  added RTT {rtt:g} ms: floor {floor[rtt]:.3f} ms; "
-                        + "; ".join(
-                            f"{c} GET {median(per[c]['GET /items/1']):.2f} ms" for c in COMPETITORS
-                        ),
-                        flush=True,
-                    )
+                latency, fastest, floor = _latencies(proxy, proxy_url, apps, rtts, requests, rounds)
             finally:
                 for _, dispose in apps.values():
                     dispose()
@@ -565,10 +590,24 @@ def measure(dburl: str, rtts: list[float], requests: int, rounds: int) -> dict[s
                 ),
                 "latency_median_ms": {f"{rtt:g}": median(latency[rtt][c][label]) for rtt in rtts},
                 "latency_rounds_ms": {f"{rtt:g}": latency[rtt][c][label] for rtt in rtts},
+                # the fastest request of all rounds: less sensitive to the machine's load
+                "latency_min_ms": {f"{rtt:g}": min(fastest[rtt][c][label]) for rtt in rtts},
+                # not measured: what the round trips alone would add to the 0 ms latency, at
+                # each added RTT (latency at 0 ms + round trips x RTT); the measured figure
+                # is above it by the scheduling delays of a loaded machine
+                "latency_model_ms": {
+                    f"{rtt:g}": median(latency[rtts[0]][c][label])
+                    + median(counts[c][label]) * (rtt - rtts[0])
+                    for rtt in rtts
+                },
             }
             for label, _, _ in REQUESTS
         }
-    return {"competitors": results, "floor_select1_ms": {f"{r:g}": floor[r] for r in rtts}}
+    return {
+        "competitors": results,
+        "floor_select1_ms": {f"{r:g}": median(floor[r]) for r in rtts},
+        "floor_select1_rounds_ms": {f"{r:g}": floor[r] for r in rtts},
+    }
 
 
 def report(data: dict[str, Any], rtts: list[float]) -> str:
@@ -582,13 +621,19 @@ def report(data: dict[str, Any], rtts: list[float]) -> str:
             + "".join(f"{res[c][label]['round_trips']:>12g}" for c in COMPETITORS)
         )
         for rtt in rtts:
+            key = format(rtt, "g")
             lines.append(
-                f"{'  ms @ ' + format(rtt, 'g') + ' ms RTT':<22}"
-                + "".join(
-                    f"{res[c][label]['latency_median_ms'][format(rtt, 'g')]:>12.3f}"
-                    for c in COMPETITORS
-                )
+                f"{'  ms @ +' + key + ' ms RTT':<22}"
+                + "".join(f"{res[c][label]['latency_median_ms'][key]:>12.3f}" for c in COMPETITORS)
             )
+            if rtt != rtts[0]:
+                lines.append(
+                    f"{'    (model)':<22}"
+                    + "".join(
+                        f"{res[c][label]['latency_model_ms'][key]:>12.3f}" for c in COMPETITORS
+                    )
+                )
+    lines.append("(model) = latency at the first RTT + round trips x the added RTT: not measured")
     lines.append(
         "floor (raw SELECT 1 through the proxy): "
         + ", ".join(f"{v:.3f} ms @ {k} ms" for k, v in data["floor_select1_ms"].items())
@@ -631,8 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dburl", required=True, help="PostgreSQL server URL (a fresh db is made)")
     parser.add_argument("--rtt-ms", default="0,1", help="added round-trip times, comma-separated")
-    parser.add_argument("--requests", type=int, default=100, help="timed requests per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=50, help="timed requests per round")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
