@@ -592,14 +592,6 @@ def measure(dburl: str, rtts: list[float], requests: int, rounds: int) -> dict[s
                 "latency_rounds_ms": {f"{rtt:g}": latency[rtt][c][label] for rtt in rtts},
                 # the fastest request of all rounds: less sensitive to the machine's load
                 "latency_min_ms": {f"{rtt:g}": min(fastest[rtt][c][label]) for rtt in rtts},
-                # not measured: what the round trips alone would add to the 0 ms latency, at
-                # each added RTT (latency at 0 ms + round trips x RTT); the measured figure
-                # is above it by the scheduling delays of a loaded machine
-                "latency_model_ms": {
-                    f"{rtt:g}": median(latency[rtts[0]][c][label])
-                    + median(counts[c][label]) * (rtt - rtts[0])
-                    for rtt in rtts
-                },
             }
             for label, _, _ in REQUESTS
         }
@@ -626,14 +618,11 @@ def report(data: dict[str, Any], rtts: list[float]) -> str:
                 f"{'  ms @ +' + key + ' ms RTT':<22}"
                 + "".join(f"{res[c][label]['latency_median_ms'][key]:>12.3f}" for c in COMPETITORS)
             )
-            if rtt != rtts[0]:
-                lines.append(
-                    f"{'    (model)':<22}"
-                    + "".join(
-                        f"{res[c][label]['latency_model_ms'][key]:>12.3f}" for c in COMPETITORS
-                    )
-                )
-    lines.append("(model) = latency at the first RTT + round trips x the added RTT: not measured")
+            lines.append(
+                f"{'    fastest':<22}"
+                + "".join(f"{res[c][label]['latency_min_ms'][key]:>12.3f}" for c in COMPETITORS)
+            )
+    lines.append("ms: median over the rounds of each round's median; fastest: of all requests")
     lines.append(
         "floor (raw SELECT 1 through the proxy): "
         + ", ".join(f"{v:.3f} ms @ {k} ms" for k, v in data["floor_select1_ms"].items())

@@ -43,13 +43,13 @@ import atexit
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +271,7 @@ class PgServer:
             return
         args = [str(bindir() / "pg_ctl"), "start", "-w", "-t", str(int(timeout))]
         args += ["-D", str(self.datadir), "-l", str(self.logfile)]
-        args += ["-o", f"-p {self.port} -k {self.socket_dir}"]
+        args += ["-o", f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}"]
         try:
             _run(args, cwd=self.datadir.parent, timeout=timeout + 10)
         except ClusterError as exc:
@@ -591,7 +591,8 @@ def _servers_in(root: Path) -> list[PgServer]:
     ]
 
 
-_LIVE: weakref.WeakSet[PgCluster] = weakref.WeakSet()
+#: clusters started and not closed yet (strong references: closed at exit even if dropped)
+_LIVE: set[PgCluster] = set()
 
 
 @atexit.register
