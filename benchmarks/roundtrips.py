@@ -631,31 +631,39 @@ def report(data: dict[str, Any], rtts: list[float]) -> str:
 
 
 def plot(data: dict[str, Any], rtts: list[float], out: Path) -> Path:
+    """Round trips, then median latency per added RTT (black ticks: the fastest request)."""
     from benchmarks.common import pyplot, save_figure
 
     plt = pyplot()
     res = data["competitors"]
     labels = [label for label, _, _ in REQUESTS]
-    fig, axes = plt.subplots(1, 1 + len(rtts), figsize=(5 + 4.5 * len(rtts), 4.2))
+    fig, axes = plt.subplots(1, 1 + len(rtts), figsize=(5 + 4.5 * len(rtts), 4.6))
     width = 0.8 / len(COMPETITORS)
+
+    def xs(i: int) -> list[float]:
+        return [x + (i - (len(COMPETITORS) - 1) / 2) * width for x in range(len(labels))]
 
     def bars(ax: Any, values_of: Callable[[str], list[float]], fmt: str) -> None:
         for i, c in enumerate(COMPETITORS):
-            xs = [x + (i - (len(COMPETITORS) - 1) / 2) * width for x in range(len(labels))]
-            b = ax.bar(xs, values_of(c), width, label=c)
+            b = ax.bar(xs(i), values_of(c), width, label=c)
             ax.bar_label(b, fmt=fmt, fontsize=7)
         ax.set_xticks(range(len(labels)), [label.replace(" (", "\n(") for label in labels])
 
     bars(axes[0], lambda c: [res[c][label]["round_trips"] for label in labels], "%g")
     axes[0].set_title("round trips per request (exact)")
-    axes[0].legend(fontsize=8)
     for ax, rtt in zip(axes[1:], rtts, strict=True):
         key = format(rtt, "g")
         bars(
             ax, lambda c, k=key: [res[c][label]["latency_median_ms"][k] for label in labels], "%.2f"
         )
-        ax.set_title(f"median latency (ms), +{key} ms RTT")
-    fig.suptitle("PostgreSQL round trips per request, through a counting proxy (sequential)")
+        for i, c in enumerate(COMPETITORS):
+            fastest = [res[c][label]["latency_min_ms"][key] for label in labels]
+            ax.scatter(xs(i), fastest, marker="_", color="black", s=60, zorder=3)
+        ax.set_title(f"latency (ms), +{key} ms RTT: median (bars), fastest (ticks)", fontsize=10)
+    most = max(res[c][label]["round_trips"] for c in COMPETITORS for label in labels)
+    axes[0].set_ylim(0, most * 1.45)  # room for the legend above the bars
+    axes[0].legend(loc="upper left", ncol=2, fontsize=8)
+    fig.suptitle("PostgreSQL round trips per request, through a counting proxy (one at a time)")
     return save_figure(fig, out, "roundtrips")
 
 
