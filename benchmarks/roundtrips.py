@@ -25,6 +25,9 @@ myapp-dev   the real application, ``myapp.main`` with the ``[app:main]`` setting
 myapp-prod  the same with ``production.ini`` (profile ``prod``)
 flask       seed 004's Flask app with its ``session_scope()`` (:mod:`benchmarks.flask_items`)
 bare        a WSGI function over SQLAlchemy Core (:mod:`benchmarks.bare_items`)
+minimum     the physical minimum, for reference (:func:`create_minimum_app`): raw psycopg,
+            reads in autocommit (1 round trip), the POST's BEGIN + INSERT and UPDATE + COMMIT
+            each pipelined into one round trip (2)
 
 and the requests ``GET /items/1``, ``POST /items`` and ``GET /items/99`` (a
 404). Round trips are exact counts (the same for every request of a kind,
@@ -61,7 +64,7 @@ REQUESTS: tuple[tuple[str, str, str], ...] = (
     ("POST /items", "POST", "/items"),
     ("GET /items/99 (404)", "GET", "/items/99"),
 )
-COMPETITORS = ("myapp-dev", "myapp-prod", "flask", "bare")
+COMPETITORS = ("myapp-dev", "myapp-prod", "flask", "bare", "minimum")
 #: the read-path goals (issue 12): round trips per request, and GET latency at 1 ms vs Flask
 GOALS = {
     "round_trips": {"GET /items/1": 1, "POST /items": 3, "GET /items/99 (404)": 1},
@@ -402,6 +405,70 @@ def _without_env(*names: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def create_minimum_app(url: str, pool_size: int = 2) -> Any:
+    """The Items API in the fewest round trips psycopg 3 allows: a reference, not a competitor.
+
+    No ORM, no SQLAlchemy: connections in autocommit (a read is its one
+    statement), and the write's statements sent in pipeline mode, so that the
+    ``BEGIN`` travels with the ``INSERT ... RETURNING`` and the ``UPDATE``
+    with the ``COMMIT``. An error rolls the transaction back.
+    """
+    import json
+    import queue
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    conninfo = {"host": u.host, "port": u.port, "dbname": u.database, "user": u.username}
+    if u.password:
+        conninfo["password"] = u.password
+    pool: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
+    conns = [psycopg.connect(**conninfo, autocommit=True) for _ in range(pool_size)]
+    for conn in conns:
+        pool.put(conn)
+
+    def respond(start_response: Any, status: str, body: dict[str, Any]) -> list[bytes]:
+        data = json.dumps(body).encode()
+        start_response(status, [("Content-Type", "application/json")])
+        return [data]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        conn = pool.get()
+        try:
+            if path == "/items" and method == "POST":
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        cur = conn.execute("INSERT INTO items (name) VALUES (NULL) RETURNING id")
+                        item_id = cur.fetchone()[0]  # type: ignore[index]  # the first sync
+                        name = f"Item #{item_id}"
+                        conn.execute("UPDATE items SET name = %s WHERE id = %s", (name, item_id))
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        conn.execute("ROLLBACK")
+                    raise
+                return respond(start_response, "200 OK", {"id": item_id, "name": name})
+            if path.startswith("/items/") and method == "GET":
+                row = conn.execute(
+                    "SELECT id, name FROM items WHERE id = %s", (int(path[len("/items/") :]),)
+                ).fetchone()
+                if row is not None:
+                    return respond(start_response, "200 OK", {"id": row[0], "name": row[1]})
+            return respond(start_response, "404 Not Found", {"error": "not found"})
+        finally:
+            pool.put(conn)
+
+    def dispose() -> None:
+        for conn in conns:
+            conn.close()
+
+    app.dispose = dispose  # type: ignore[attr-defined]
+    return app
+
+
 def build_app(kind: str, url: str) -> tuple[Any, Callable[[], None]]:
     """The WSGI callable of competitor ``kind`` on ``url``, and how to dispose of its engine."""
     from benchmarks.common import ROOT
@@ -427,6 +494,9 @@ def build_app(kind: str, url: str) -> tuple[Any, Callable[[], None]]:
 
         app = create_bare(url, pool_size=2)
         return app, app.engine.dispose
+    if kind == "minimum":
+        app = create_minimum_app(url, pool_size=2)
+        return app, app.dispose
     raise ValueError(f"unknown competitor {kind!r}")
 
 
