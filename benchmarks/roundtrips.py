@@ -207,6 +207,10 @@ class CountingProxy:
             self.close()
             raise RuntimeError(f"the counting proxy did not start: {line!r}")
         self.port = int(line)
+        # both processes have the counters mapped: the file is no longer needed (and a
+        # harness killed from now on leaves no file behind)
+        self._dir.cleanup()
+        self._dir = None
         return self
 
     def close(self) -> None:
