@@ -12,7 +12,7 @@
 * the dispatch trigger as a *durable route* outside pyramid_tm
   (:mod:`myapp.api.durable`), because the dispatch engine commits by itself.
 
-Settings: ``myapp.admin_token_hash`` (see :mod:`myapp.api.tokens`);
+Settings: ``myapp.admin_token_hash`` (see :mod:`myapp.services.tokens`);
 ``pyramid_openapi3.enable_response_validation`` (default true).
 """
 
@@ -24,10 +24,11 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from pyramid.tweens import EXCVIEW
 
+from myapp.services.tokens import ADMIN_SETTING, admin_token_hashes
+
 from .errors import add_error_views
 from .security import CompanyContext
 from .spec import SPEC_PATH, install_validation_cache
-from .tokens import ADMIN_SETTING, admin_token_hashes
 
 log = logging.getLogger(__name__)
 

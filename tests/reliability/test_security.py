@@ -44,8 +44,8 @@ from sqlalchemy import func, select
 
 from myapp import main
 from myapp.api.security import token_fingerprint
-from myapp.api.tokens import hash_token, new_token_and_hash
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import hash_token, new_token_and_hash
 from myapp.testing.factories import (
     BookingFactory,
     CompanyFactory,

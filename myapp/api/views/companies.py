@@ -8,10 +8,10 @@ from pyramid.request import Request
 from sqlalchemy import select
 
 from myapp.models import Company
+from myapp.services.tokens import new_token_and_hash
 
 from ..lookups import body, company_or_404, created
 from ..pagination import paginate
-from ..tokens import new_token_and_hash
 from . import api_view
 
 
