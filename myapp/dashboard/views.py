@@ -13,16 +13,18 @@ from pyramid.request import Request
 from pyramid.view import exception_view_config, view_config
 from sqlalchemy import func, select
 
-from myapp.api.dispatching import dispatch_and_record
-from myapp.api.dispatching import last_run as last_dispatch_run
 from myapp.api.security import dashboard_login, dashboard_logout
 from myapp.db import MaintenanceMode
 from myapp.models import BOOKING_STATUSES, Booking, Company, Driver, Invoice
+from myapp.services.dispatching import dispatch_and_record
+from myapp.services.dispatching import last_run as last_dispatch_run
 
 TEMPLATES = "myapp:templates/"
 #: bookings shown per status (the API pages through all of them)
 BOOKINGS_PER_STATUS = 25
 INVOICES_SHOWN = 50
+#: how the page names where a dispatch was run
+SOURCE_LABELS = {"cli": "command line", "api": "API", "dashboard": "dashboard"}
 
 
 def _local(request: Request, value: datetime | None) -> str:
@@ -130,6 +132,7 @@ def home(request: Request) -> dict[str, Any]:
         data = run.serialize()
         last_run = {
             **data,
+            "source": SOURCE_LABELS.get(data["source"], data["source"]),
             "ran_at_local": _local(request, run.created),
             "assigned": [
                 {**a, "driver": driver_names.get(a["driver_id"], f"#{a['driver_id']}")}
