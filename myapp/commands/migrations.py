@@ -177,12 +177,15 @@ class InitDB(Command):
     def handle(self, ctx: CommandContext, **options: Any) -> None:
         engine: Engine = ctx.db.engine
         if engine.dialect.name == "postgresql":
+            missing = False
             try:
                 with engine.connect():
                     pass
             except DBAPIError as exc:
                 if not is_missing_database(exc):
                     raise CommandError(connection_error_message(exc, engine)) from exc
+                missing = True
+            if missing:  # outside the except block: its errors are about creating it
                 name = create_postgresql_database(engine)
                 engine.dispose()
                 ctx.out(f"{database_label(engine)}: created the database {name}")
