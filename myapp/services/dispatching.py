@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from myapp.db import MaintenanceMode, current_scope, db_transaction
 from myapp.models.dispatch import DispatchRun
+from myapp.observability.units import observe_unit
 from myapp.services import dispatch as engine
 
 #: where a dispatch can be triggered (``DispatchRun.source``)
@@ -46,6 +47,13 @@ def dispatch_and_record(
             f"the service is in read-only maintenance mode{reason}: the dispatch was refused "
             "and nothing was written"
         )
+    with observe_unit("dispatch"):
+        return _dispatch_and_record(company_id, source, now)
+
+
+def _dispatch_and_record(
+    company_id: int, source: str, now: datetime | None
+) -> dict[str, Any] | None:
     result = engine.run(company_id, now=now)
     if result.reason == engine.COMPANY_NOT_FOUND:
         return None
