@@ -155,3 +155,20 @@ def pshell_setup(env: dict[str, Any]) -> Iterator[None]:
     with db.scope(session=request.dbsession):
         yield
         commit_the_session()
+
+
+def pshell_runner(env: dict[str, Any], help: str) -> None:
+    """The ``pyramid.pshell_runner`` named ``myapp``: ``pshell`` with a short banner.
+
+    pshell's own banner lists every name with its whole docstring (12 KB for
+    this namespace); this one names them on one line, as ``myapp shell`` does.
+    IPython if installed, else the standard interactive console.
+    """
+    registry = env.get("registry")
+    db = env.get("db") or (registry["db"] if registry is not None else None)
+    names = ", ".join(
+        sorted(name for name in env if not name.startswith("_") and name not in ("app", "root"))
+    )
+    database = db.engine.url.render_as_string(hide_password=True) if db is not None else "?"
+    text = BANNER.format(config="pshell", database=database, names=names)
+    _interact(env, text, None)

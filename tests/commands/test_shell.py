@@ -160,4 +160,9 @@ def test_pshell_setup_gives_pshell_the_same_names_and_unit_of_work(migrated_cli:
     )
     assert result.returncode == 0, result
     assert "checks False True" in result.stdout  # the session began its own unit of work
+    # the short banner of myapp's pshell runner, not pshell's docstring dump (12.7 KB)
+    banner = result.stdout + result.stderr
+    assert "Loaded: " in banner and "A unit of work is open" in banner
+    assert len(banner) < 2500, len(banner)
+    assert "Environment:" not in banner
     assert migrated_cli.item_names() == ["from pshell"]
