@@ -28,7 +28,7 @@ from myapp.services.tokens import ADMIN_SETTING, admin_token_hashes
 
 from .errors import add_error_views
 from .security import CompanyContext
-from .spec import SPEC_PATH, install_validation_cache
+from .spec import EXPLORER_TEMPLATE, SPEC_PATH, add_offline_explorer, install_validation_cache
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ def includeme(config: Configurator) -> None:
         route_name="apidocs.explorer",
         oauth_redirect_route_name="apidocs.oauth2_redirect",
         ui_config={"persistAuthorization": True},
+        template=EXPLORER_TEMPLATE,
     )
+    add_offline_explorer(config)
     add_error_views(config)
     config.include(".security")
 
