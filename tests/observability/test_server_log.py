@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,8 @@ def server(backend: str, request: pytest.FixtureRequest, tmp_path_factory: Any) 
 
 
 def unit_lines(log: str, request_id: str) -> list[str]:
-    return [line for line in log.splitlines() if f"[{request_id}]" in line and "myapp.units" in line]
+    tag = f"[{request_id}]"
+    return [line for line in log.splitlines() if tag in line and "myapp.units" in line]
 
 
 def wait_for(server: Any, request_id: str) -> list[str]:
