@@ -43,7 +43,6 @@ from prometheus_client import (
 from pyramid.request import Request
 from pyramid.response import Response
 
-KINDS = ("request", "command", "business")
 OUTCOMES = ("commit", "rollback", "conflict", "refused", "none")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"

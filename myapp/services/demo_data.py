@@ -105,10 +105,6 @@ class DemoSummary:
     statuses: Counter[str] = field(default_factory=Counter)
     batches: int = 0
 
-    @property
-    def total_rows(self) -> int:
-        return len(self.companies) + self.drivers + self.bookings
-
 
 def _address(rng: random.Random) -> str:
     return f"{rng.randint(1, 199)} {rng.choice(_STREETS)}, {rng.choice(_TOWNS)}"

@@ -182,17 +182,22 @@ def test_commands_and_business_units_log_one_record_each(
     assert main(["-c", str(ini), "seed", "--reset", "--companies", "1", "--bookings", "8"]) == 0
     assert main(["-c", str(ini), "dispatch", "--all"]) == 0
     assert main(["-c", str(ini), "dispatch", "--company", "999999"]) == 1
+    assert main(["-c", str(ini), "invoices", "generate", "--period", "2026-10"]) == 0
 
     commands = units(records, "command")
     assert [(r.unit, r.outcome) for r in commands] == [
         ("seed", "commit"),
         ("dispatch", "commit"),
         ("dispatch", "refused"),
+        ("invoices generate", "commit"),
     ]
     seed = commands[0]
     assert seed.commits >= 2 and seed.statements >= 3 and seed.rollbacks == 0
     business = units(records, "business")
-    assert [(r.unit, r.outcome) for r in business] == [("dispatch", "commit")]
+    assert [(r.unit, r.outcome) for r in business] == [
+        ("dispatch", "commit"),
+        ("invoicing", "commit"),
+    ]
     assert business[0].statements >= 3
     # a command's records share its request id, and it differs from the next command's
-    assert len({r.request_id for r in commands}) == 3
+    assert len({r.request_id for r in commands}) == 4
