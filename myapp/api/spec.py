@@ -68,7 +68,8 @@ def install_validation_cache() -> None:
 
 
 def _explorer_csp(event: Any) -> None:
-    if event.request.path.startswith(EXPLORER_PREFIX):
+    # the raw PATH_INFO: request.path would fail on invalid UTF-8 (answered 400 elsewhere)
+    if event.request.environ.get("PATH_INFO", "").startswith(EXPLORER_PREFIX):
         event.response.headers["Content-Security-Policy"] = EXPLORER_CSP
         event.response.headers["X-Content-Type-Options"] = "nosniff"
 

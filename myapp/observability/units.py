@@ -244,6 +244,19 @@ RETRIES_KEY = "myapp.observability.retries"
 REQUEST_ID_KEY = "myapp.request_id"
 
 
+def request_path(request: Request) -> str:
+    """The request's path for logs; an undecodable one (invalid UTF-8) shown with U+FFFD.
+
+    The input guard answers such requests with a 400; this tween, outermost, must
+    not fail on them first.
+    """
+    try:
+        return request.path
+    except UnicodeDecodeError:
+        raw = request.environ.get("SCRIPT_NAME", "") + request.environ.get("PATH_INFO", "")
+        return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
 def request_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Any:
     """The outermost tween: request id, one record per request, request metrics."""
     db = registry.get("db")
@@ -256,7 +269,8 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
         if request_id is None:
             request_id = accept_request_id(request.headers.get(HEADER))
             environ[REQUEST_ID_KEY] = request_id
-        with request_id_scope(request_id), _observing("request", request.path) as stats:
+        path = request_path(request)
+        with request_id_scope(request_id), _observing("request", path) as stats:
             try:
                 response = handler(request)
             except BaseException as exc:
@@ -295,14 +309,14 @@ def _finish(
     metrics.record_request(request.method, route, status, stats.seconds)
     fields: dict[str, Any] = {
         "method": request.method,
-        "path": request.path,
+        "path": stats.name,
         "route": route or metrics.UNMATCHED,
         "status": status,
         "retries": request.environ.get(RETRIES_KEY, 0),
     }
     if error is not None:
         fields["error"] = type(error).__name__
-    _emit(stats, outcome, f"request {request.method} {request.path}", **fields)
+    _emit(stats, outcome, f"request {request.method} {stats.name}", **fields)
 
 
 __all__ = [
