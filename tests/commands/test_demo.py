@@ -72,6 +72,7 @@ def test_the_readme_demo_assigns_bookings_and_shows_every_run(cli: Cli) -> None:
     total = re.search(r"^total: (\d+) assigned", dispatched.stdout, re.M)
     assert total and int(total.group(1)) > 0, dispatched  # the demo demos
     assert "pickup_time_passed" not in dispatched.stdout
+    assert "\x1b[" not in dispatched.stdout and "━" not in dispatched.stdout  # piped: no bar
 
     # every CLI dispatch is a recorded run: the API lists it, the dashboard shows it
     with cli.engine() as engine, engine.connect() as conn:
