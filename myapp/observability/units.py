@@ -176,7 +176,7 @@ def _emit(stats: UnitStats, outcome: str, message: str, **fields: Any) -> None:
         shown = " ".join(
             f"{key}={data[key]}"
             for key in (
-                *fields.keys() - {"method", "path"},
+                *(key for key in fields if key not in ("method", "path")),
                 "outcome",
                 "transaction",
                 "duration_ms",
