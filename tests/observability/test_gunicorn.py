@@ -241,7 +241,6 @@ def test_two_workers_serve_mixed_requests_within_their_pools_and_stop_gracefully
     outcomes = Counter(burst)
     print("graceful stop, 40 POSTs, SIGTERM after the 21st started:", dict(outcomes))
     assert set(outcomes) <= {200, "refused", "reset"}, outcomes
-    assert outcomes[200] >= 15, outcomes
     with gunicorn["engine"].connect() as conn:
         stored = conn.scalar(text("SELECT count(*) FROM items"))
     # every answered POST committed, and a refused or reset one did nothing
