@@ -23,6 +23,7 @@ def includeme(config: Configurator) -> None:
     :func:`main` is just this on a fresh Configurator; tests include it and
     add their own routes on top, so they exercise the very same stack.
     """
+    config.include(".observability")  # request ids, a log record per unit of work, /metrics
     config.include(".views.guards")  # the input guard (413/415/400) around every route
     config.include(".db_wiring")
     config.include(".routes")

@@ -12,7 +12,7 @@
 * the dispatch trigger as a *durable route* outside pyramid_tm
   (:mod:`myapp.api.durable`), because the dispatch engine commits by itself.
 
-Settings: ``myapp.admin_token_hash`` (see :mod:`myapp.api.tokens`);
+Settings: ``myapp.admin_token_hash`` (see :mod:`myapp.services.tokens`);
 ``pyramid_openapi3.enable_response_validation`` (default true).
 """
 
@@ -24,10 +24,11 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from pyramid.tweens import EXCVIEW
 
+from myapp.services.tokens import ADMIN_SETTING, admin_token_hashes
+
 from .errors import add_error_views
 from .security import CompanyContext
-from .spec import SPEC_PATH, install_validation_cache
-from .tokens import ADMIN_SETTING, admin_token_hashes
+from .spec import EXPLORER_TEMPLATE, SPEC_PATH, add_offline_explorer, install_validation_cache
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def includeme(config: Configurator) -> None:
         route_name="apidocs.explorer",
         oauth_redirect_route_name="apidocs.oauth2_redirect",
         ui_config={"persistAuthorization": True},
+        template=EXPLORER_TEMPLATE,
     )
+    add_offline_explorer(config)
     add_error_views(config)
     config.include(".security")
 

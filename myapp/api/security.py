@@ -1,7 +1,7 @@
 """Who is calling, and what they may touch: the application's security policy.
 
 * API routes (``api.*``) authenticate with ``Authorization: Bearer <token>``
-  only: a company's token or the admin token (:mod:`myapp.api.tokens`). Cookies
+  only: a company's token or the admin token (:mod:`myapp.services.tokens`). Cookies
   are never looked at there, so a browser session cannot be used to forge API
   calls (no CSRF on the API).
 * Dashboard routes (``dashboard.*``) authenticate with the signed session cookie
@@ -41,9 +41,9 @@ from sqlalchemy import select
 
 from myapp.db import db_read_only
 from myapp.models import Company
+from myapp.services.tokens import hash_token, is_admin_token, same_hash
 
 from .durable import is_durable_request
-from .tokens import hash_token, is_admin_token, same_hash
 
 #: session keys of a dashboard login
 SESSION_COMPANY = "dashboard.company_id"

@@ -3,18 +3,18 @@
 ``myapp [-c FILE] COMMAND [options]`` bootstraps the application from an ini
 file (``-c/--config``, else ``$MYAPP_CONFIG``, else ``development.ini``) with
 ``pyramid.paster.bootstrap`` and runs one command. Built in: ``initdb``,
-``migrate``, ``check``, ``shell``, ``routes``. ``myapp --help`` and
+``migrate``, ``check``, ``shell``, ``routes``, ``seed``,
+``dispatch``, ``invoices generate|list``, ``tokens create-admin``. ``myapp --help`` and
 ``myapp COMMAND --help`` describe them; docs/cli.md is the user guide.
 
 The transaction a command runs in
 ---------------------------------
-By default (``atomic = True``) ``handle()`` runs inside ONE unit of work:
-the bootstrap request's transaction manager (``request.tm``, the thread's
-manager in explicit mode) has begun a transaction, and the current database
-scope is the request's session, so business code finds it with
-``current_session()`` and ``db_transaction()`` nests as a savepoint. When
+By default (``atomic = True``) ``handle()`` runs inside ONE unit of work,
+an outermost ``db_transaction()`` of :mod:`myapp.db`; the current database
+scope is the bootstrap request's session, so business code finds it with
+``current_session()`` and a nested ``db_transaction()`` is a savepoint. When
 ``handle()`` returns ``None``/``0`` the unit of work commits; when it raises
-or returns a non-zero status it is aborted and nothing is committed.
+or returns a non-zero status it is rolled back and nothing is committed.
 
 A command that manages its own transactions (batch jobs using
 ``db_batch_operation``, which refuses to run inside a transaction, or
@@ -24,7 +24,14 @@ the database scope with no transaction open, commits with
 whatever it leaves uncommitted is discarded at the end.
 
 Either way the session is closed and the engine disposed when the command
-ends. Errors are printed as one line, ``myapp: error: ...`` (``--traceback``
+ends, and one ``myapp.units`` log record says how the command ended
+(:mod:`myapp.observability`).
+
+Where things are: :mod:`.registry` (``Command``, ``register``, the parser),
+:mod:`.context` (``CommandContext``), :mod:`.runner` (``run_command``,
+``main``), :mod:`.errors` (one-line messages), :mod:`.progress` (progress
+bars on a terminal), :mod:`.arguments` (argument types); one module per
+command or group of commands. Errors are printed as one line, ``myapp: error: ...`` (``--traceback``
 for the traceback); exit status 0 success, 1 runtime error, 2 usage error,
 130 interrupted. Raise :class:`CommandError` for errors the user can fix.
 
@@ -66,27 +73,23 @@ the command in a group (groups nest); ``register_group`` only gives a group
 its help line.
 """
 
-from .base import (
+from .context import CommandContext
+from .errors import CommandError, UsageError
+from .registry import (
     Command,
-    CommandContext,
-    CommandError,
     CommandRegistry,
-    UnitOfWork,
-    UsageError,
     default_registry,
     load_commands,
-    main,
     register,
     register_group,
-    run_command,
 )
+from .runner import main, run_command
 
 __all__ = [
     "Command",
     "CommandContext",
     "CommandError",
     "CommandRegistry",
-    "UnitOfWork",
     "UsageError",
     "default_registry",
     "load_commands",

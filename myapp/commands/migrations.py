@@ -22,7 +22,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from .base import Command, CommandContext, CommandError, connection_error_message, register
+from .context import CommandContext
+from .errors import CommandError, connection_error_message, one_line
+from .registry import Command, register
 
 #: Where the migrations ship inside the package (used when the ini's path does not resolve).
 PACKAGED_SCRIPTS = "myapp:alembic"
@@ -117,17 +119,76 @@ def upgrade(ctx: CommandContext, revision: str = "heads") -> None:
         ctx.out(f"{label}: upgraded {describe_heads(before)} -> {describe_heads(after)}")
 
 
+def is_missing_database(exc: BaseException) -> bool:
+    """True if connecting failed because the PostgreSQL database does not exist (3D000)."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    return sqlstate == "3D000" or (
+        orig is not None and "does not exist" in str(orig) and "database" in str(orig)
+    )
+
+
+def create_postgresql_database(engine: Engine) -> str:
+    """``CREATE DATABASE`` for ``engine``'s database, connected to the server's ``postgres``
+    database with the same credentials. Returns the name; raises :class:`CommandError` with
+    the command to run when it cannot (no such right, server unreachable)."""
+    from sqlalchemy import create_engine
+
+    name = engine.url.database or ""
+    admin = create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            quoted = connection.dialect.identifier_preparer.quote(name)
+            connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    except DBAPIError as exc:
+        url = engine.url
+        where = " ".join(
+            part
+            for part in (
+                f"-h {url.host}" if url.host else "",
+                f"-p {url.port}" if url.port else "",
+                f"-U {url.username}" if url.username else "",
+            )
+            if part
+        )
+        raise CommandError(
+            f"the database {name!r} does not exist and could not be created "
+            f"({one_line(str(exc.orig or exc))}); create it with: createdb {where} {name}".replace(
+                "  ", " "
+            )
+        ) from exc
+    finally:
+        admin.dispose()
+    return name
+
+
 @register
 class InitDB(Command):
     name = "initdb"
     help = "Create the database (and the SQLite file) and migrate it to the latest schema"
     description = (
         "Create the database schema by running every alembic migration up to head. "
-        "For SQLite the file and its directory are created. Running it again is harmless."
+        "For SQLite the file and its directory are created; a PostgreSQL database that "
+        "does not exist yet is created (CREATE DATABASE, with the URL's credentials), or "
+        "the error says which command creates it. Running it again is harmless."
     )
     atomic = False
 
     def handle(self, ctx: CommandContext, **options: Any) -> None:
+        engine: Engine = ctx.db.engine
+        if engine.dialect.name == "postgresql":
+            missing = False
+            try:
+                with engine.connect():
+                    pass
+            except DBAPIError as exc:
+                if not is_missing_database(exc):
+                    raise CommandError(connection_error_message(exc, engine)) from exc
+                missing = True
+            if missing:  # outside the except block: its errors are about creating it
+                name = create_postgresql_database(engine)
+                engine.dispose()
+                ctx.out(f"{database_label(engine)}: created the database {name}")
         upgrade(ctx, "heads")
 
 

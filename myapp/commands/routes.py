@@ -6,11 +6,49 @@ import argparse
 import json as _json
 from typing import Any
 
-from .base import Command, CommandContext, register
+from .context import CommandContext
+from .registry import Command, register
+
+
+def view_name(view: Any, attr: str | None = None) -> str:
+    """``module.function`` or ``module.Class.attr`` for a view callable (wrappers unwrapped)."""
+    for _ in range(20):
+        inner = getattr(view, "__original_view__", None)
+        if inner is None or inner is view:
+            break
+        view = inner
+    module = getattr(view, "__module__", None) or type(view).__module__
+    qualname = getattr(view, "__qualname__", None) or type(view).__qualname__
+    name = f"{module}.{qualname}"
+    return f"{name}.{attr}" if attr else name
+
+
+def _methods(value: Any) -> list[str]:
+    if not value:
+        return ["*"]
+    if isinstance(value, str):
+        value = value.split(",")
+    return sorted(m.strip() for m in value if m.strip())
+
+
+def _views_of_route(registry: Any, route_name: str) -> list[tuple[str, list[str]]]:
+    """The views registered on ``route_name``, from the introspector: (name, methods)."""
+    found = []
+    for item in registry.introspector.get_category("views") or ():
+        view = item["introspectable"]
+        if view.get("route_name") == route_name:
+            name = view_name(view["callable"], view.get("attr"))
+            found.append((name, _methods(view.get("request_methods"))))
+    return found
 
 
 def route_table(registry: Any) -> list[dict[str, Any]]:
-    """One row per route and view: name, pattern, request methods, view callable."""
+    """One row per route and view: name, pattern, request methods, view callable.
+
+    Pyramid's ``proutes`` prints a route with several views (one per method,
+    say) as ``<pyramid.config.views.MultiView object at 0x…>``; such a route is
+    listed here view by view, from the configuration's introspector.
+    """
     from pyramid.interfaces import IRoutesMapper
     from pyramid.scripts.proutes import get_route_data
 
@@ -19,7 +57,17 @@ def route_table(registry: Any) -> list[dict[str, Any]]:
     if mapper is None:
         return rows
     for route in mapper.get_routes(include_static=True):
-        for name, pattern, view, methods in get_route_data(route, registry):
+        data = get_route_data(route, registry)
+        if any(" object at 0x" in str(row[2]) for row in data):
+            views = _views_of_route(registry, route.name)
+            if views:
+                pattern = data[0][1]
+                for view, methods in views:
+                    rows.append(
+                        {"name": route.name, "pattern": pattern, "methods": methods, "view": view}
+                    )
+                continue
+        for name, pattern, view, methods in data:
             rows.append(
                 {
                     "name": name,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from pyramid.csrf import BadCSRFOrigin, BadCSRFToken
 from pyramid.httpexceptions import HTTPNotFound, HTTPSeeOther
@@ -13,22 +14,112 @@ from pyramid.request import Request
 from pyramid.view import exception_view_config, view_config
 from sqlalchemy import func, select
 
-from myapp.api.dispatching import dispatch_and_record
-from myapp.api.dispatching import last_run as last_dispatch_run
 from myapp.api.security import dashboard_login, dashboard_logout
 from myapp.db import MaintenanceMode
 from myapp.models import BOOKING_STATUSES, Booking, Company, Driver, Invoice
+from myapp.services.bookings import bookings_query, local_day_bounds, page_of
+from myapp.services.dispatching import dispatch_and_record
+from myapp.services.dispatching import last_run as last_dispatch_run
+
+from .charts import horizontal_bars, stacked_bars
 
 TEMPLATES = "myapp:templates/"
-#: bookings shown per status (the API pages through all of them)
-BOOKINGS_PER_STATUS = 25
+#: bookings per page of the bookings table
+BOOKINGS_PER_PAGE = 25
+#: the bookings-per-day chart: days before and after today
+CHART_DAYS_BACK = 14
+CHART_DAYS_AHEAD = 7
 INVOICES_SHOWN = 50
+#: how the page names where a dispatch was run
+SOURCE_LABELS = {"cli": "command line", "api": "API", "dashboard": "dashboard"}
 
 
 def _local(request: Request, value: datetime | None) -> str:
+    """A time in the application's time zone, with the zone's abbreviation (CET, CEST...)."""
     if value is None:
         return ""
-    return value.astimezone(request.db.timezone).strftime("%a %d %b %Y %H:%M")
+    return value.astimezone(request.db.timezone).strftime("%a %d %b %Y %H:%M %Z")
+
+
+def _filters(request: Request, statuses: tuple[str, ...], driver_ids: set[int]) -> dict[str, Any]:
+    """The bookings filters of the query string; a value that makes no sense is ignored."""
+    status = request.GET.get("status") or None
+    if status not in statuses:
+        status = None
+    driver: int | None = None
+    raw_driver = request.GET.get("driver", "")
+    if raw_driver.isdigit() and int(raw_driver) in driver_ids:
+        driver = int(raw_driver)
+    day: date | None = None
+    try:
+        day = date.fromisoformat(request.GET.get("day", ""))
+    except ValueError:
+        day = None
+    raw_page = request.GET.get("page", "1")
+    page = int(raw_page) if raw_page.isdigit() and 0 < int(raw_page) < 1_000_000 else 1
+    return {"status": status, "driver": driver, "day": day, "page": page}
+
+
+def _query_string(filters: dict[str, Any], **changes: Any) -> str:
+    values = {**filters, **changes}
+    pairs = {
+        "status": values["status"],
+        "day": values["day"].isoformat() if values["day"] else None,
+        "driver": values["driver"],
+        "page": values["page"] if values["page"] != 1 else None,
+    }
+    return urlencode({k: v for k, v in pairs.items() if v is not None})
+
+
+def _charts(request: Request, company_id: int, drivers: list[Driver]) -> dict[str, Any]:
+    """Bookings per local day and status (the past two weeks and the coming week), driver loads."""
+    session = request.dbsession
+    zone = request.db.timezone
+    today = datetime.now(zone).date()
+    days = [today + timedelta(days=n) for n in range(-CHART_DAYS_BACK, CHART_DAYS_AHEAD + 1)]
+    start, _ = local_day_bounds(days[0], zone)
+    _, end = local_day_bounds(days[-1], zone)
+    index = {day: i for i, day in enumerate(days)}
+    per_day = {status: [0] * len(days) for status in BOOKING_STATUSES}
+    rows = session.execute(
+        select(Booking.pickup_time, Booking.status, func.count())
+        .where(
+            Booking.company_id == company_id,
+            Booking.pickup_time >= start,
+            Booking.pickup_time < end,
+        )
+        .group_by(Booking.pickup_time, Booking.status)
+    )
+    for pickup, status, count in rows:
+        i = index.get(pickup.astimezone(zone).date())
+        if i is not None and status in per_day:
+            per_day[status][i] += count
+    loads: dict[int, dict[str, int]] = {d.id: {"assigned": 0, "completed": 0} for d in drivers}
+    for driver_id, status, count in session.execute(
+        select(Booking.driver_id, Booking.status, func.count())
+        .where(
+            Booking.company_id == company_id,
+            Booking.driver_id.is_not(None),
+            Booking.status.in_(("assigned", "completed")),
+        )
+        .group_by(Booking.driver_id, Booking.status)
+    ):
+        if driver_id in loads:
+            loads[driver_id][status] = count
+    return {
+        "per_day": stacked_bars(
+            days,
+            per_day,
+            today=today,
+            title=f"Bookings per day ({zone.key}), {days[0]:%d %b} to {days[-1]:%d %b}",
+        ),
+        "driver_load": horizontal_bars(
+            [(d.name, loads[d.id]) for d in drivers],
+            title="Bookings per driver: assigned (to come) and completed",
+        ),
+        "days_back": CHART_DAYS_BACK,
+        "days_ahead": CHART_DAYS_AHEAD,
+    }
 
 
 @view_config(
@@ -67,7 +158,7 @@ def logout(request: Request) -> HTTPSeeOther:
     renderer=TEMPLATES + "dashboard.jinja2",
 )
 def home(request: Request) -> dict[str, Any]:
-    """The company's bookings by status, drivers, last dispatch and invoices."""
+    """Counts, charts, filtered and paged bookings, drivers, last dispatch and invoices."""
     session = request.dbsession
     company_id = request.identity.company_id
     company = session.get(Company, company_id)
@@ -94,35 +185,40 @@ def home(request: Request) -> dict[str, Any]:
             .group_by(Booking.driver_id)
         ).all()
     )
-    sections = []
-    for status in BOOKING_STATUSES:
-        order = (
-            Booking.pickup_time.desc()
-            if status in ("completed", "cancelled")
-            else (Booking.pickup_time)
-        )
-        bookings = session.scalars(
-            select(Booking)
-            .where(Booking.company_id == company_id, Booking.status == status)
-            .order_by(order, Booking.id)
-            .limit(BOOKINGS_PER_STATUS)
-        ).all()
-        sections.append(
-            {
-                "status": status,
-                "count": counts.get(status, 0),
-                "bookings": [
-                    {
-                        "id": b.id,
-                        "pickup": _local(request, b.pickup_time),
-                        "from": b.pickup_address,
-                        "to": b.dropoff_address,
-                        "driver": driver_names.get(b.driver_id, "") if b.driver_id else "",
-                    }
-                    for b in bookings
-                ],
-            }
-        )
+    filters = _filters(request, BOOKING_STATUSES, set(driver_names))
+    listing = page_of(
+        session,
+        bookings_query(
+            company_id,
+            status=filters["status"],
+            driver_id=filters["driver"],
+            day=filters["day"],
+            timezone=request.db.timezone,
+        ),
+        filters["page"],
+        BOOKINGS_PER_PAGE,
+    )
+    bookings = [
+        {
+            "id": b.id,
+            "status": b.status,
+            "pickup": _local(request, b.pickup_time),
+            "from": b.pickup_address,
+            "to": b.dropoff_address,
+            "driver": driver_names.get(b.driver_id, "") if b.driver_id else "",
+        }
+        for b in listing.items
+    ]
+    pagination = {
+        "page": listing.page,
+        "pages": listing.pages,
+        "total": listing.total,
+        "previous": _query_string(filters, page=listing.page - 1) if listing.page > 1 else None,
+        "next": (
+            _query_string(filters, page=listing.page + 1) if listing.page < listing.pages else None
+        ),
+    }
+    sections = [{"status": status, "count": counts.get(status, 0)} for status in BOOKING_STATUSES]
 
     run = last_dispatch_run(session, company_id)
     last_run = None
@@ -130,6 +226,7 @@ def home(request: Request) -> dict[str, Any]:
         data = run.serialize()
         last_run = {
             **data,
+            "source": SOURCE_LABELS.get(data["source"], data["source"]),
             "ran_at_local": _local(request, run.created),
             "assigned": [
                 {**a, "driver": driver_names.get(a["driver_id"], f"#{a['driver_id']}")}
@@ -176,6 +273,12 @@ def home(request: Request) -> dict[str, Any]:
         "title": company.name,
         "company": company,
         "sections": sections,
+        "bookings": bookings,
+        "filters": filters,
+        "pagination": pagination,
+        "charts": _charts(request, company_id, list(drivers)),
+        "timezone": request.db.timezone.key,
+        "statuses": BOOKING_STATUSES,
         "drivers": [
             {"id": d.id, "name": d.name, "active": d.active, "load": loads.get(d.id, 0)}
             for d in drivers

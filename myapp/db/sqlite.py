@@ -22,8 +22,8 @@ Two library limits meet here:
 
 2. zope.sqlalchemy refuses savepoints for engines whose driver name is
    ``sqlite`` (``TypeError: Savepoints unsupported``) because of limit 1.
-   :func:`savepoints_supported` tells the bridge (:mod:`myapp.db.bridge`)
-   that an engine carries the fix, and the bridge's data manager then allows
+   :func:`savepoints_supported` tells the data manager
+   (:mod:`myapp.db.datamanager`) that an engine carries the fix, and it then allows
    ``transaction.savepoint()``. Both halves are proved by
    ``tests/db/test_sqlite.py``.
 """

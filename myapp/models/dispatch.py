@@ -5,7 +5,7 @@ pickup time (unique ``(driver_id, pickup_time)``), and a booking is invoiced
 at most once (unique ``invoices.booking_id``).
 
 A company's API token is stored only as its SHA-256 (``companies.api_token_hash``,
-unique); see :mod:`myapp.api.tokens`. ``DispatchRun`` records what each dispatch
+unique); see :mod:`myapp.services.tokens`. ``DispatchRun`` records what each dispatch
 triggered from the API or the dashboard did (the dashboard's "last dispatch").
 """
 

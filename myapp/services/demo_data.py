@@ -1,27 +1,32 @@
-"""Deterministic demo data: companies, drivers and bookings over a month (``myapp seed``).
+"""Demo data relative to now: companies, drivers, a history of past weeks, bookings to come.
 
 :func:`generate_demo_data` draws everything from ``random.Random(seed)``:
-the same seed and sizes give the same companies, drivers and bookings (names,
-addresses, pickup times, statuses, which driver has which booking), on any
-backend. Database ids are whatever the database gives; the API tokens made
-for the companies (``with_tokens``) are random on purpose (a token derived
-from a public seed would be guessable) and are the only part that differs.
+the same seed, sizes and ``now`` give the same companies, drivers and
+bookings (names, addresses, pickup times, statuses, which driver has which
+booking), on any backend. Database ids are whatever the database gives; the
+API tokens made for the companies (``with_tokens``) are random on purpose (a
+token derived from a public seed would be guessable).
 
 What it writes, per company: ``drivers`` drivers (about one in eight
-inactive) and ``bookings`` bookings whose pickup times fall on quarter hours
-of ``period`` (UTC). Statuses are drawn with the weights of
-:data:`STATUS_WEIGHTS`; completed and assigned bookings get an active driver
-free at that time (the database forbids a driver twice at the same pickup
-time), and fall back to pending when none is free; pending and cancelled
-bookings have no driver. It only adds rows: run it on an empty database to
-get exactly the same data as another run.
+inactive) and ``bookings`` bookings on quarter hours around ``now`` (UTC):
+
+* about :data:`FUTURE_SHARE` of them in the coming ``days_ahead`` days:
+  pending (most: what ``myapp dispatch`` then assigns), assigned to a free
+  active driver, or cancelled;
+* the others in the past ``days_back`` days: completed by a free active
+  driver (what ``myapp invoices generate`` invoices), or cancelled.
+
+The database forbids a driver twice at the same pickup time: an assigned or
+completed booking whose slot has no free active driver is drawn pending
+(future) or cancelled (past) instead.
 
 Transactional contract: it runs through :func:`~myapp.db.db_batch_operation`
 (call it outside any unit of work, in a scope: a command with ``atomic =
 False``, ``with db.scope():``, the test fixtures); rows are written in
 batches of ``batch_size``, each a committed transaction, so large sizes keep
 memory flat (except one set of taken driver slots per company). On error the
-batches already committed stay (demo data: run it again on a fresh database).
+batches already committed stay. :func:`delete_demo_data` empties the domain
+tables in one unit of work (``myapp seed --reset``).
 """
 
 from __future__ import annotations
@@ -30,23 +35,29 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert
 
-from myapp.db import BatchProgress, db_batch_operation
+from myapp.db import BatchProgress, db_batch_operation, db_transaction, utcnow
 from myapp.models import Booking, BookingStatus, Company, Driver
 
-from .invoicing import parse_period
-
-#: the relative weights of the statuses drawn for demo bookings
-STATUS_WEIGHTS: dict[str, int] = {
-    BookingStatus.COMPLETED.value: 50,
-    BookingStatus.PENDING.value: 25,
-    BookingStatus.ASSIGNED.value: 10,
+#: the relative weights of the statuses of bookings in the past
+PAST_WEIGHTS: dict[str, int] = {
+    BookingStatus.COMPLETED.value: 80,
+    BookingStatus.CANCELLED.value: 20,
+}
+#: the relative weights of the statuses of bookings to come
+FUTURE_WEIGHTS: dict[str, int] = {
+    BookingStatus.PENDING.value: 65,
+    BookingStatus.ASSIGNED.value: 20,
     BookingStatus.CANCELLED.value: 15,
 }
+#: the share of the bookings that are in the future
+FUTURE_SHARE = 0.4
+DAYS_BACK = 35
+DAYS_AHEAD = 7
 #: pickup times are on quarter hours
 SLOT = timedelta(minutes=15)
 #: one driver in INACTIVE_ONE_IN is drawn inactive
@@ -85,7 +96,9 @@ class DemoSummary:
     """What :func:`generate_demo_data` wrote (all of it committed)."""
 
     seed: int
-    period: str
+    now: datetime
+    start: datetime
+    end: datetime
     companies: list[DemoCompany] = field(default_factory=list)
     drivers: int = 0
     bookings: int = 0
@@ -111,39 +124,62 @@ def _free_driver(
     return None
 
 
+def expected_rows(companies: int, drivers: int, bookings: int) -> int:
+    """The rows :func:`generate_demo_data` writes for these sizes (for a progress bar)."""
+    return companies * (1 + drivers + bookings)
+
+
 def generate_demo_data(
     *,
     seed: int = 42,
     companies: int = 3,
     drivers: int = 5,
     bookings: int = 50,
-    period: str = "2026-10",
+    now: datetime | None = None,
+    days_back: int = DAYS_BACK,
+    days_ahead: int = DAYS_AHEAD,
     batch_size: int = 500,
     with_tokens: bool = True,
     progress: Callable[[BatchProgress], Any] | None = None,
 ) -> DemoSummary:
     """Write ``companies`` companies with ``drivers`` drivers and ``bookings`` bookings each.
 
-    Deterministic for a given ``seed`` and sizes (see the module
-    documentation). ``period`` is ``YYYY-MM``. ``with_tokens``: give each
-    company a fresh API token (stored hashed; the token is in the summary).
-    Writes in committed batches of ``batch_size`` rows through
-    :func:`~myapp.db.db_batch_operation` (``progress`` is passed to it), so it
-    must run outside any unit of work. Returns a :class:`DemoSummary`.
+    Pickup times fall in the ``days_back`` days before ``now`` (default: the
+    current time) and the ``days_ahead`` days after it (see the module
+    documentation). Deterministic for a given ``seed``, sizes and ``now``.
+    ``with_tokens``: give each company a fresh API token (stored hashed; the
+    token is in the summary). Writes in committed batches of ``batch_size``
+    rows through :func:`~myapp.db.db_batch_operation` (``progress`` is passed
+    to it), so it must run outside any unit of work. Returns a :class:`DemoSummary`.
     """
-    for name, value in (("companies", companies), ("drivers", drivers), ("bookings", bookings)):
+    for name, value in (
+        ("companies", companies),
+        ("drivers", drivers),
+        ("bookings", bookings),
+        ("days_back", days_back),
+        ("days_ahead", days_ahead),
+    ):
         if value < 0:
             raise ValueError(f"{name} must be zero or more, not {value}")
+    if days_back + days_ahead < 1:
+        raise ValueError("days_back + days_ahead must be at least 1")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    bounds = parse_period(period)
-    slots = int((bounds.end - bounds.start) / SLOT)
-    statuses = list(STATUS_WEIGHTS)
-    weights = list(STATUS_WEIGHTS.values())
+    now = utcnow() if now is None else now.astimezone(UTC)
+    # the first quarter hour after now: every future slot is still dispatchable
+    first_future = datetime.fromtimestamp(
+        (now.timestamp() // SLOT.total_seconds() + 1) * SLOT.total_seconds(), UTC
+    )
+    start = first_future - timedelta(days=days_back)
+    end = first_future + timedelta(days=days_ahead)
+    past_slots = int((first_future - start) / SLOT)
+    future_slots = int((end - first_future) / SLOT)
+    past = (list(PAST_WEIGHTS), list(PAST_WEIGHTS.values()))
+    future = (list(FUTURE_WEIGHTS), list(FUTURE_WEIGHTS.values()))
     rng = random.Random(seed)
-    summary = DemoSummary(seed=seed, period=bounds.name)
+    summary = DemoSummary(seed=seed, now=now, start=start, end=end)
     if with_tokens:
-        from myapp.api.tokens import new_token_and_hash
+        from .tokens import new_token_and_hash
 
     def on_commit(state: BatchProgress) -> None:
         summary.batches = state.batches
@@ -175,15 +211,24 @@ def generate_demo_data(
             taken: set[tuple[int, int]] = set()  # (driver index, slot) already booked
             rows: list[dict[str, Any]] = []
             for _ in range(bookings):
-                slot = rng.randrange(slots)
-                status = rng.choices(statuses, weights)[0]
+                in_future = future_slots and (not past_slots or rng.random() < FUTURE_SHARE)
+                if in_future:
+                    slot = past_slots + rng.randrange(future_slots)
+                    status = rng.choices(*future)[0]
+                else:
+                    slot = rng.randrange(past_slots)
+                    status = rng.choices(*past)[0]
                 pickup_address = _address(rng)
                 dropoff_address = _address(rng)
                 driver_id = None
                 if status in (BookingStatus.COMPLETED.value, BookingStatus.ASSIGNED.value):
                     index = _free_driver(rng, active_indexes, taken, slot)
-                    if index is None:
-                        status = BookingStatus.PENDING.value
+                    if index is None:  # no driver free at that time
+                        status = (
+                            BookingStatus.PENDING.value
+                            if in_future
+                            else BookingStatus.CANCELLED.value
+                        )
                     else:
                         taken.add((index, slot))
                         driver_id = driver_ids[index]
@@ -191,7 +236,7 @@ def generate_demo_data(
                 rows.append(
                     {
                         "company_id": company_id,
-                        "pickup_time": bounds.start + slot * SLOT,
+                        "pickup_time": start + slot * SLOT,
                         "pickup_address": pickup_address,
                         "dropoff_address": dropoff_address,
                         "status": status,
@@ -209,4 +254,31 @@ def generate_demo_data(
     return summary
 
 
-__all__ = ["STATUS_WEIGHTS", "DemoCompany", "DemoSummary", "generate_demo_data"]
+def delete_demo_data() -> dict[str, int]:
+    """Delete every invoice, dispatch run, booking, driver and company, in one unit of work.
+
+    Runs its own ``db_transaction()`` (outermost: committed at the end, or
+    nothing deleted on error). Returns the number of rows deleted per table.
+    """
+    from sqlalchemy import delete
+
+    from myapp.models import Invoice
+    from myapp.models.dispatch import DispatchRun
+
+    deleted: dict[str, int] = {}
+    with db_transaction() as session:
+        for model in (Invoice, DispatchRun, Booking, Driver, Company):
+            result = session.execute(delete(model))
+            deleted[model.__tablename__] = result.rowcount or 0
+    return deleted
+
+
+__all__ = [
+    "FUTURE_WEIGHTS",
+    "PAST_WEIGHTS",
+    "DemoCompany",
+    "DemoSummary",
+    "delete_demo_data",
+    "expected_rows",
+    "generate_demo_data",
+]

@@ -1,10 +1,10 @@
 """The dispatch engine: assign a company's pending bookings to its active drivers.
 
-This is the seeds' ``engine.run(company_id=...)``. Two entry points:
+Two entry points:
 
 :func:`run` — a **durable unit of work**, for scripts, management commands
 and tests. It starts with a *defensive rollback* of whatever the current
-scope has not committed (seed 001: in an implicit unit of work, the bridge
+scope has not committed (in an implicit unit of work, the bridge
 turns ``session.rollback()`` into an abort; committed work is untouched),
 then assigns in its own ``db_transaction(durable=True)``, commits, and
 returns a :class:`DispatchResult`. Transient failures (serialization

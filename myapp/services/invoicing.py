@@ -55,6 +55,7 @@ from sqlalchemy.exc import StatementError
 
 from myapp.db import BatchFailed, BatchProgress, db_batch_operation
 from myapp.models import Booking, BookingStatus, Invoice
+from myapp.observability.units import observe_unit
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,7 @@ def _take_write_lock(session: Any) -> None:
     session.connection().exec_driver_sql("UPDATE invoices SET id = id WHERE 0")
 
 
+@observe_unit("invoicing")
 def generate_invoices(
     period: str,
     *,

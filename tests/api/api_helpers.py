@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from myapp.api.tokens import new_token_and_hash
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.factories import CompanyFactory
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from api_helpers import Tenant, count, make_tenant
 
-from myapp.api.tokens import hash_token, new_token
+from myapp.services.tokens import hash_token, new_token
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from sqlalchemy import select
 
 from myapp.api.spec import SPEC_PATH
-from myapp.api.tokens import hash_token
 from myapp.models import Booking, Company, Driver, Invoice
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import hash_token
 from myapp.testing.factories import VALID_API_BODIES, BookingFactory, DriverFactory
 
 TABLES = (Company, Driver, Booking, Invoice, DispatchRun)
@@ -211,7 +211,7 @@ def test_admin_token_can_be_rotated_with_two_hashes(
 ) -> None:
     """Several admin hashes may be configured: old and new tokens both work during a rotation."""
     from myapp import main
-    from myapp.api.tokens import new_token_and_hash
+    from myapp.services.tokens import new_token_and_hash
 
     (old, old_hash), (new, new_hash) = new_token_and_hash(), new_token_and_hash()
     settings = {**app_settings, "myapp.database": database}

@@ -6,8 +6,8 @@ from typing import Any
 
 from api_helpers import Tenant
 
-from myapp.api.tokens import hash_token
 from myapp.models import Company
+from myapp.services.tokens import hash_token
 
 
 def test_create_returns_the_token_once_and_stores_only_its_hash(

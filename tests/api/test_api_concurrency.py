@@ -18,10 +18,10 @@ import webtest
 from sqlalchemy import delete, func, select, text
 
 from myapp import main
-from myapp.api.tokens import new_token_and_hash
 from myapp.db import Database, db_transaction
 from myapp.models import Booking, Company, Driver, Invoice
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.helpers import lock_waiters
 
 pytestmark = pytest.mark.postgresql_only

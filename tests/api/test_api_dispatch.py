@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from myapp.api.durable import activate_hook
 from myapp.api.security import CompanyContext as Ctx
-from myapp.api.tokens import hash_token
 from myapp.db import current_session, current_transaction
 from myapp.models import Booking
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import hash_token
 from myapp.testing.factories import BookingFactory, DriverFactory
 
 T0 = datetime(2041, 3, 1, 8, 0, tzinfo=UTC)
@@ -113,7 +113,7 @@ def _probe_app(database: Any, app_settings: dict[str, Any], admin_token: str) ->
         }
 
     def engine_in_request(request: Any) -> dict[str, Any]:
-        from myapp.api.dispatching import dispatch_and_record
+        from myapp.services.dispatching import dispatch_and_record
 
         return dispatch_and_record(int(request.matchdict["company_id"]), source="api") or {}
 

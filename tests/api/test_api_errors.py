@@ -100,7 +100,7 @@ def test_a_response_off_the_spec_is_a_500_and_rolls_back(
     a view that writes, then answers something the spec does not allow, commits nothing."""
     from pyramid.config import Configurator
 
-    from myapp.api.tokens import hash_token
+    from myapp.services.tokens import hash_token
 
     def off_spec(request: Any) -> dict[str, Any]:
         request.dbsession.add(Driver(company_id=acme.id, name="Ghost", active=True))

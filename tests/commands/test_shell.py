@@ -1,4 +1,4 @@
-"""``myapp shell``: one unit of work around the code it runs, committed or aborted."""
+"""``myapp shell``: the session's unit of work, committed when the shell ends well."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from .conftest import Cli, InProcess, assert_one_error_line, myapp_command, run_
 SEES_THE_APPLICATION = """
 from myapp.db import current_session, is_in_transaction
 from myapp.db import current_transaction
-assert is_in_transaction(), "the code runs inside the command's unit of work"
+assert not is_in_transaction(), "tm.commit()/tm.abort() are the shell user's to call"
 assert current_session() is dbsession is request.dbsession
 assert db is registry["db"] and tm is request.tm
 assert models.Item is Item and settings["myapp.env"] == "testing"
 item = Item(name="from the shell")
 dbsession.add(item)
 dbsession.flush()
-print("note:", current_transaction().description)
+assert current_transaction() is not None, "the session began its unit of work"
 print("id:", item.id)
 """
 
@@ -31,7 +31,7 @@ print("id:", item.id)
 def test_shell_code_sees_the_app_and_commits(migrated_cli: Cli) -> None:
     result = migrated_cli.run("shell", "-C", SEES_THE_APPLICATION)
     assert result.returncode == 0, result
-    assert "note: myapp shell" in result.stdout
+    assert "id: 1" in result.stdout
     assert result.stderr == ""
     # committed: visible from another connection after the process ended
     assert migrated_cli.item_names() == ["from the shell"]
@@ -159,5 +159,10 @@ def test_pshell_setup_gives_pshell_the_same_names_and_unit_of_work(migrated_cli:
         str(migrated_cli.ini), prefix=[str(pshell)], env=migrated_cli.environ, input=code
     )
     assert result.returncode == 0, result
-    assert "checks True True" in result.stdout
+    assert "checks False True" in result.stdout  # the session began its own unit of work
+    # the short banner of myapp's pshell runner, not pshell's docstring dump (12.7 KB)
+    banner = result.stdout + result.stderr
+    assert "Loaded: " in banner and "A unit of work is open" in banner
+    assert len(banner) < 2500, len(banner)
+    assert "Environment:" not in banner
     assert migrated_cli.item_names() == ["from pshell"]

@@ -22,8 +22,8 @@ import pytest
 from dashboard_helpers import Company, make_company
 from sqlalchemy.engine import Engine
 
-from myapp.api.tokens import hash_token, new_token
 from myapp.db import create_engine_for
+from myapp.services.tokens import hash_token, new_token
 from myapp.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]

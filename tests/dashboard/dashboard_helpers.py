@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from myapp.api.tokens import new_token_and_hash
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.factories import CompanyFactory
 
 

@@ -91,6 +91,13 @@ def test_log_in_see_bookings_dispatch_now(live_server: Any, browser: Any, tmp_pa
         last_run = page.inner_text("#last-run")
         assert "3 assigned" in last_run and "from the dashboard" in last_run
         assert last_run.count("Ada Lovelace") == 3
+        # the charts are drawn (server-side SVG): the assigned bookings and Ada's load
+        assert page.locator("svg[data-chart=bookings-per-day]").is_visible()
+        assert page.locator("svg[data-chart=driver-load]").is_visible()
+        ada_bar = page.locator("svg[data-chart=driver-load] rect[data-status=assigned]")
+        assert ada_bar.get_attribute("data-count") == "3"
+        assert ada_bar.bounding_box()["width"] > 50  # really drawn, not an empty element
+        assert "Times are in Europe/Paris." in page.inner_text("#timezone")
         _shot(page, tmp_path, "dashboard-after-dispatch")
 
         # the dispatch committed for real: a fresh connection to the server's database sees it

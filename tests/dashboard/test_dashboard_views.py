@@ -12,10 +12,10 @@ import pytest
 from dashboard_helpers import Company
 from sqlalchemy import func, select
 
-from myapp.api.tokens import new_token_and_hash
 from myapp.models import Booking
 from myapp.models import Company as CompanyModel
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.factories import BookingFactory, DriverFactory, InvoiceFactory
 
 

@@ -29,10 +29,10 @@ from pyramid.config import Configurator
 from sqlalchemy import delete, event, func, select
 from sqlalchemy.engine import Engine
 
-from myapp.api.tokens import new_token_and_hash
 from myapp.db import Database
 from myapp.models import Booking, Company, Driver, Invoice, Item
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing import CommittedRows, apps
 from myapp.testing.factories import VALID_API_BODIES
 from myapp.testing.server import free_port

@@ -28,9 +28,9 @@ from reliability_helpers import (
 )
 from sqlalchemy import func, select
 
-from myapp.api.tokens import new_token_and_hash
 from myapp.models import Booking, Company, Driver, Invoice, Item
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.factories import BookingFactory, CompanyFactory, DriverFactory
 from myapp.testing.plugin import threaded_wsgi
 from myapp.views.guards import DEFAULT_MAX_BODY_BYTES

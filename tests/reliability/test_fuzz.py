@@ -31,9 +31,9 @@ from reliability_helpers import LEAKS, build_app
 from sqlalchemy import func, select
 
 from myapp.api.spec import SPEC_PATH
-from myapp.api.tokens import new_token_and_hash
 from myapp.models import Booking, Company, Driver, Invoice
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.factories import BookingFactory, CompanyFactory, DriverFactory
 from myapp.testing.plugin import threaded_wsgi
 

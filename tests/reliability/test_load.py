@@ -42,8 +42,8 @@ import pytest
 from reliability_helpers import ROOT
 from sqlalchemy import create_engine, text
 
-from myapp.api.tokens import new_token_and_hash
 from myapp.db.settings import normalise_url
+from myapp.services.tokens import new_token_and_hash
 from myapp.testing.server import ServerProcess
 
 REQUESTS = 10_000

@@ -31,8 +31,8 @@ from reliability_helpers import (
 )
 
 from myapp import main
-from myapp.api.tokens import new_token_and_hash
 from myapp.models import Item
+from myapp.services.tokens import new_token_and_hash
 
 ADMIN_TOKEN, ADMIN_HASH = new_token_and_hash()
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

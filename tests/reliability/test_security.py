@@ -44,8 +44,8 @@ from sqlalchemy import func, select
 
 from myapp import main
 from myapp.api.security import token_fingerprint
-from myapp.api.tokens import hash_token, new_token_and_hash
 from myapp.models.dispatch import DispatchRun
+from myapp.services.tokens import hash_token, new_token_and_hash
 from myapp.testing.factories import (
     BookingFactory,
     CompanyFactory,
@@ -179,7 +179,7 @@ def test_no_secret_is_compared_with_an_operator() -> None:
     allowed = {"Company.api_token_hash == token_hash"}
     files = [
         ROOT / "myapp/api/security.py",
-        ROOT / "myapp/api/tokens.py",
+        ROOT / "myapp/services/tokens.py",
         *sorted((ROOT / "myapp/dashboard").glob("*.py")),
         *sorted((ROOT / "myapp/api/views").glob("*.py")),
     ]
@@ -194,7 +194,7 @@ def test_no_secret_is_compared_with_an_operator() -> None:
             if re.search(r"token|hash|fingerprint|secret|csrf", source, re.IGNORECASE):
                 found.append(source)
     assert set(found) == allowed, found
-    assert "compare_digest" in (ROOT / "myapp/api/tokens.py").read_text()
+    assert "compare_digest" in (ROOT / "myapp/services/tokens.py").read_text()
 
 
 # ---------------------------------------------------------------------------

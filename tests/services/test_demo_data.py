@@ -1,19 +1,20 @@
-"""``generate_demo_data``: deterministic for a seed, the right sizes, valid data, batched."""
+"""``generate_demo_data``: around now, deterministic for a seed, valid data, batched; the reset."""
 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from myapp.api.tokens import hash_token
 from myapp.db import BatchProgress, NestedTransactionError, current_session, db_transaction
 from myapp.models import Booking, Company, Driver
-from myapp.services.demo_data import SLOT, generate_demo_data
-from myapp.services.invoicing import parse_period
+from myapp.services.demo_data import SLOT, delete_demo_data, generate_demo_data
+from myapp.services.tokens import hash_token
+
+NOW = datetime(2026, 12, 1, 9, 37, tzinfo=UTC)
 
 
 def snapshot(db: Any, company_ids: list[int]) -> list[Any]:
@@ -55,7 +56,7 @@ def ids(summary: Any) -> list[int]:
 
 
 def test_the_same_seed_gives_the_same_data(db: Any) -> None:
-    sizes = {"companies": 2, "drivers": 4, "bookings": 60, "period": "2026-10"}
+    sizes = {"companies": 2, "drivers": 4, "bookings": 60, "now": NOW}
     first = generate_demo_data(seed=7, **sizes)
     second = generate_demo_data(seed=7, **sizes)
     other = generate_demo_data(seed=8, **sizes)
@@ -69,14 +70,17 @@ def test_the_same_seed_gives_the_same_data(db: Any) -> None:
     assert all(tokens) and len(set(tokens)) == len(tokens)
 
 
-def test_sizes_statuses_and_valid_bookings(db: Any) -> None:
-    summary = generate_demo_data(seed=3, companies=3, drivers=4, bookings=80, period="2026-02")
+def test_sizes_statuses_and_valid_bookings_around_now(db: Any) -> None:
+    summary = generate_demo_data(
+        seed=3, companies=3, drivers=4, bookings=80, now=NOW, days_back=14, days_ahead=5
+    )
 
     assert (len(summary.companies), summary.drivers, summary.bookings) == (3, 12, 240)
     assert sum(summary.statuses.values()) == 240
     assert set(summary.statuses) == {"completed", "pending", "assigned", "cancelled"}
     assert summary.statuses["completed"] > summary.statuses["cancelled"]
-    february = parse_period("2026-02")
+    assert summary.start == datetime(2026, 11, 17, 9, 45, tzinfo=UTC)  # 14 days before 09:45
+    assert summary.end == datetime(2026, 12, 6, 9, 45, tzinfo=UTC)
     for company in summary.companies:
         stored = db.session.get(Company, company.id)
         assert stored.name == company.name
@@ -89,8 +93,13 @@ def test_sizes_statuses_and_valid_bookings(db: Any) -> None:
         bookings = list(db.session.scalars(select(Booking).where(Booking.company_id == company.id)))
         assert len(bookings) == 80
         for booking in bookings:
-            assert february.start <= booking.pickup_time < february.end
-            assert (booking.pickup_time - february.start) % SLOT == timedelta(0)
+            assert summary.start <= booking.pickup_time < summary.end
+            assert (booking.pickup_time - summary.start) % SLOT == timedelta(0)
+            # the history is done; what is to come can still be dispatched
+            if booking.pickup_time < NOW:
+                assert booking.status in ("completed", "cancelled")
+            else:
+                assert booking.status in ("pending", "assigned", "cancelled")
             if booking.status in ("completed", "assigned"):
                 assert booking.driver_id in drivers
                 assert drivers[booking.driver_id].active
@@ -123,7 +132,7 @@ def test_written_in_batches_with_nothing_kept_in_the_session(db: Any) -> None:
         history.append(state.history)
 
     summary = generate_demo_data(
-        seed=5, companies=2, drivers=2, bookings=120, batch_size=50, progress=probe
+        seed=5, companies=2, drivers=2, bookings=120, now=NOW, batch_size=50, progress=probe
     )
 
     # a batch commits once 50 rows are pending: company 1 and its 2 drivers ride with its
@@ -135,11 +144,31 @@ def test_written_in_batches_with_nothing_kept_in_the_session(db: Any) -> None:
     assert db.session.scalar(select(func.count()).select_from(Booking)) == 240
 
 
-def test_bad_sizes_and_periods(db: Any) -> None:
+def test_bad_sizes_and_windows(db: Any) -> None:
     with pytest.raises(ValueError, match="bookings must be zero or more"):
         generate_demo_data(bookings=-1)
-    with pytest.raises(ValueError, match="expected YYYY-MM"):
-        generate_demo_data(period="October")
+    with pytest.raises(ValueError, match="days_back must be zero or more"):
+        generate_demo_data(days_back=-1)
+    with pytest.raises(ValueError, match="at least 1"):
+        generate_demo_data(days_back=0, days_ahead=0)
+
+
+def test_the_default_now_is_the_current_time(db: Any) -> None:
+    """Without ``now`` the upcoming bookings are after the current time: dispatchable today."""
+    before = datetime.now(UTC)
+    summary = generate_demo_data(seed=2, companies=1, drivers=3, bookings=60, with_tokens=False)
+    assert before <= summary.now <= datetime.now(UTC)
+    pending = db.session.scalars(select(Booking.pickup_time).where(Booking.status == "pending"))
+    times = list(pending)
+    assert times and all(t > before for t in times)
+
+
+def test_delete_demo_data_empties_the_domain_in_one_unit_of_work(db: Any) -> None:
+    generate_demo_data(seed=4, companies=2, drivers=2, bookings=10, now=NOW)
+    deleted = delete_demo_data()
+    assert deleted["companies"] == 2 and deleted["drivers"] == 4 and deleted["bookings"] == 20
+    for model in (Company, Driver, Booking):
+        assert db.session.scalar(select(func.count()).select_from(model)) == 0
 
 
 def test_refused_inside_a_unit_of_work(db: Any) -> None:

@@ -12,19 +12,21 @@ import pty
 import select as select_module
 import subprocess
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
-from myapp.api.tokens import hash_token
 from myapp.commands import main
 from myapp.models import Booking, Company, Driver, Invoice
 from myapp.services.invoicing import parse_period
+from myapp.services.tokens import hash_token
 
 from .conftest import InProcess, Store, assert_one_error_line
 
-FUTURE = "2040-03"  # pickups still ahead: the engine assigns them
+#: seed "now" for the invoicing tests: the history then lies mostly in October 2026
+OCTOBER_NOW = "2026-10-27T12:00"
 
 
 # -- help ------------------------------------------------------------------------
@@ -33,7 +35,10 @@ FUTURE = "2040-03"  # pickups still ahead: the engine assigns them
 @pytest.mark.parametrize(
     ("argv", "fragments"),
     [
-        (["seed", "--help"], ["--seed SEED", "--companies N", "--bookings K", "--period YYYY-MM"]),
+        (
+            ["seed", "--help"],
+            ["--seed SEED", "--companies N", "--bookings K", "--days-back D", "--reset"],
+        ),
         (["dispatch", "--help"], ["--company ID", "--all", "Exit status"]),
         (["invoices", "generate", "--help"], ["--period YYYY-MM", "--batch-size N", "progress"]),
         (["invoices", "list", "--help"], ["--period YYYY-MM", "--company ID"]),
@@ -115,10 +120,11 @@ def tokens_of(output: str) -> dict[int, str]:
 
 def test_seed_is_deterministic_and_prints_the_tokens(store: Store, myapp: InProcess) -> None:
     args = ("seed", "--seed", "11", "--companies", "2", "--drivers", "3", "--bookings", "40")
+    args += ("--now", "2026-12-01T09:00")
     first = myapp(*args, "--batch-size", "25")
     assert first.returncode == 0, first
     assert first.stdout.startswith(
-        "seed 11: 2 company(ies), 6 driver(s), 80 booking(s) in 2026-10 ("
+        "seed 11: 2 company(ies), 6 driver(s), 80 booking(s) from 2026-10-27 to 2026-12-08 (UTC) ("
     ), first
     assert "only their SHA-256 is stored" in first.stdout
     data = dump(store)
@@ -135,24 +141,24 @@ def test_seed_is_deterministic_and_prints_the_tokens(store: Store, myapp: InProc
     assert set(tokens_of(second.stdout).values()).isdisjoint(tokens.values())
 
     store.reset()
-    other = myapp("seed", "--seed", "12", "--companies", "2", "--drivers", "3", "--bookings", "40")
+    other = myapp("seed", "--seed", "12", *args[3:])
     assert other.returncode == 0, other
     assert dump(store) != data
 
 
-def test_seed_sizes_and_period(store: Store, myapp: InProcess) -> None:
+def test_seed_sizes_and_window(store: Store, myapp: InProcess) -> None:
     result = myapp(
-        "seed", "--companies", "1", "--drivers", "2", "--bookings", "5", "--period", "2027-02",
-        "--no-tokens",
+        "seed", "--companies", "1", "--drivers", "2", "--bookings", "5", "--now",
+        "2027-02-10T08:00", "--days-back", "3", "--days-ahead", "2", "--no-tokens",
     )  # fmt: skip
     assert result.returncode == 0, result
     assert "token" not in result.stdout
-    february = parse_period("2027-02")
+    start, end = datetime(2027, 2, 7, 8, 15, tzinfo=UTC), datetime(2027, 2, 12, 8, 15, tzinfo=UTC)
     with store.engine.connect() as conn:
         pickups = list(conn.scalars(select(Booking.pickup_time)))
         assert conn.scalar(select(func.count()).select_from(Driver)) == 2
     assert len(pickups) == 5
-    assert all(february.start <= p < february.end for p in pickups)
+    assert all(start <= p < end for p in pickups)
 
 
 # -- dispatch ----------------------------------------------------------------------------
@@ -174,7 +180,7 @@ def statuses(store: Store) -> dict[int, dict[str, int]]:
 def seed_future(myapp: InProcess, companies: int = 2) -> None:
     seeded = myapp(
         "seed", "--seed", "3", "--companies", str(companies), "--drivers", "2",
-        "--bookings", "30", "--period", FUTURE, "--no-tokens",
+        "--bookings", "30", "--no-tokens",
     )  # fmt: skip
     assert seeded.returncode == 0, seeded
 
@@ -266,7 +272,10 @@ def completed_in_october(store: Store) -> int:
 
 
 def test_generate_through_a_pipe_prints_only_the_summary(store: Store, myapp: InProcess) -> None:
-    assert myapp("seed", "--companies", "2", "--bookings", "60", "--no-tokens").returncode == 0
+    seeded = myapp(
+        "seed", "--companies", "2", "--bookings", "60", "--now", OCTOBER_NOW, "--no-tokens"
+    )
+    assert seeded.returncode == 0, seeded
     completed = completed_in_october(store)
     with store.engine.connect() as conn:
         total = conn.scalar(select(func.count()).select_from(Booking))
@@ -327,7 +336,10 @@ def read_terminal(master: int, proc: subprocess.Popen[bytes]) -> str:
 
 
 def test_generate_on_a_terminal_shows_a_progress_bar(store: Store, myapp: InProcess) -> None:
-    assert myapp("seed", "--companies", "1", "--bookings", "80", "--no-tokens").returncode == 0
+    seeded = myapp(
+        "seed", "--companies", "1", "--bookings", "80", "--now", OCTOBER_NOW, "--no-tokens"
+    )
+    assert seeded.returncode == 0, seeded
     completed = completed_in_october(store)
     master, slave = pty.openpty()
     try:

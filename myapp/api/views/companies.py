@@ -9,11 +9,11 @@ from pyramid.request import Request
 from sqlalchemy import select
 
 from myapp.models import Company
+from myapp.services.tokens import hash_token, new_token_and_hash, same_hash
 
 from ..lookups import body, company_or_404, created
 from ..pagination import paginate
 from ..security import bearer_token
-from ..tokens import hash_token, new_token_and_hash, same_hash
 from . import api_view
 
 

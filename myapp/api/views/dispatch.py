@@ -9,8 +9,8 @@ from pyramid.request import Request
 from sqlalchemy import select
 
 from myapp.models.dispatch import DispatchRun
+from myapp.services.dispatching import dispatch_and_record
 
-from ..dispatching import dispatch_and_record
 from ..lookups import company_or_404, path_id
 from ..pagination import paginate
 from . import api_view

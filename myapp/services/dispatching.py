@@ -1,7 +1,12 @@
-"""Triggering a dispatch from the API or the dashboard, and remembering what it did.
+"""Running a dispatch from the CLI, the API or the dashboard, and remembering what it did.
+
+Every dispatch a person triggers goes through :func:`dispatch_and_record`, so
+each one (``myapp dispatch``, ``POST /api/companies/{id}/dispatch``, the
+dashboard's "Dispatch now") is a :class:`~myapp.models.dispatch.DispatchRun`
+that the dashboard and ``GET /api/companies/{id}/dispatch-runs`` show.
 
 Transactional contract: :func:`dispatch_and_record` runs **outside any unit of
-work** (a durable route, see :mod:`myapp.api.durable`, or a script's scope). It
+work** (a durable route, see :mod:`myapp.api.durable`, a command or a script's scope). It
 calls the dispatch engine, whose durable unit of work commits the assignments
 by itself, then records a :class:`~myapp.models.dispatch.DispatchRun` in a
 second, short unit of work. The two commits are independent: if the second
@@ -12,19 +17,27 @@ refuses (:class:`~myapp.db.MaintenanceMode`) before the engine takes any lock.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from myapp.db import MaintenanceMode, current_scope, db_read_only, db_transaction
+from myapp.db import MaintenanceMode, current_scope, db_transaction
 from myapp.models.dispatch import DispatchRun
+from myapp.observability.units import observe_unit
 from myapp.services import dispatch as engine
 
-SOURCES = ("api", "dashboard")
+#: where a dispatch can be triggered (``DispatchRun.source``)
+SOURCES = ("cli", "api", "dashboard")
 
 
-def dispatch_and_record(company_id: int, *, source: str) -> dict[str, Any] | None:
-    """Dispatch ``company_id``; return the recorded run as JSON data (None: no such company)."""
+def dispatch_and_record(
+    company_id: int, *, source: str, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Dispatch ``company_id``; return the recorded run as JSON data (None: no such company).
+
+    ``now``: dispatch as if it were that instant (default: the current time).
+    """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}")
     database = current_scope().database
@@ -34,7 +47,14 @@ def dispatch_and_record(company_id: int, *, source: str) -> dict[str, Any] | Non
             f"the service is in read-only maintenance mode{reason}: the dispatch was refused "
             "and nothing was written"
         )
-    result = engine.run(company_id)
+    with observe_unit("dispatch"):
+        return _dispatch_and_record(company_id, source, now)
+
+
+def _dispatch_and_record(
+    company_id: int, source: str, now: datetime | None
+) -> dict[str, Any] | None:
+    result = engine.run(company_id, now=now)
     if result.reason == engine.COMPANY_NOT_FOUND:
         return None
     data = result.as_dict()
@@ -62,10 +82,3 @@ def last_run(session: Any, company_id: int) -> DispatchRun | None:
         .limit(1)
     )
     return session.scalars(stmt).first()
-
-
-def last_run_data(company_id: int) -> dict[str, Any] | None:
-    """:func:`last_run` as JSON data, read in a read-only unit of work of its own."""
-    with db_read_only() as session:
-        run = last_run(session, company_id)
-        return run.serialize() if run is not None else None

@@ -11,7 +11,7 @@ file, or the ``MYAPP_ADMIN_TOKEN_HASH`` environment variable (which wins); sever
 hashes may be given, separated by commas or spaces, to rotate without downtime.
 Create one with::
 
-    python -m myapp.api.tokens
+    myapp tokens create-admin
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,7 +58,7 @@ def admin_token_hashes(settings: Mapping[str, Any]) -> tuple[str, ...]:
         if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
             raise ValueError(
                 f"{ADMIN_SETTING}: {h[:12]}... is not a SHA-256 hex digest; "
-                "create one with 'python -m myapp.api.tokens'"
+                "create one with 'myapp tokens create-admin'"
             )
     return hashes
 
@@ -70,16 +69,3 @@ def is_admin_token(token_hash: str, settings: Mapping[str, Any]) -> bool:
     for admin_hash in admin_token_hashes(settings):
         match |= same_hash(token_hash, admin_hash)
     return match
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print a new admin token and the line to put in the ini file."""
-    token, digest = new_token_and_hash()
-    print(f"admin token (give it to the admin, it is not stored): {token}")
-    print("configuration (ini [app:main], or the MYAPP_ADMIN_TOKEN_HASH environment variable):")
-    print(f"{ADMIN_SETTING} = {digest}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

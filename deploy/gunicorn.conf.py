@@ -1,0 +1,82 @@
+"""gunicorn settings for running myapp with several worker processes (docs/deployment.md).
+
+    PROMETHEUS_MULTIPROC_DIR=/run/myapp-metrics DATABASE_URL=postgresql://... \
+    MYAPP_SESSION_SECRET=... gunicorn -c deploy/gunicorn.conf.py --paste production.ini
+
+Environment (all optional): MYAPP_BIND (default 127.0.0.1:6543), MYAPP_WORKERS
+(default 2), MYAPP_THREADS (threads per worker, default 4), MYAPP_GRACEFUL_TIMEOUT
+(seconds a stopping worker may finish its requests, default 30).
+
+What this file does for the unit-of-work machinery:
+
+* ``preload_app``: the application (and its engine) is built once, in the master;
+  ``post_fork`` then calls ``engine.dispose(close=False)`` in each worker, so no
+  worker ever uses a pooled connection inherited from the master (SQLAlchemy's
+  rule for forking: the child starts with an empty pool, the parent's sockets
+  are left alone);
+* each worker has its own pool: ``sqlalchemy.pool_size`` + ``max_overflow`` per
+  process, so the database sees at most workers x (pool_size + max_overflow)
+  connections (size them against PostgreSQL's max_connections);
+* Prometheus metrics in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` (made here
+  when unset, emptied at start), ``/metrics`` adds up the workers, and a dead
+  worker's live gauges are dropped (``child_exit``);
+* SIGTERM stops gracefully: the master stops accepting, the workers finish the
+  requests they have (up to MYAPP_GRACEFUL_TIMEOUT), then exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+bind = os.environ.get("MYAPP_BIND", "127.0.0.1:6543")
+workers = int(os.environ.get("MYAPP_WORKERS", "2"))
+threads = int(os.environ.get("MYAPP_THREADS", "4"))
+worker_class = "gthread"
+graceful_timeout = int(os.environ.get("MYAPP_GRACEFUL_TIMEOUT", "30"))
+timeout = 60
+preload_app = True
+accesslog = None  # myapp logs one line per request itself (myapp.units)
+
+
+def _fresh_metrics_directory() -> None:
+    """Make (or empty) the metrics directory: values of a previous run must not be added in.
+
+    Runs when gunicorn reads this file, before the application is loaded (with
+    ``preload_app`` the master imports prometheus_client then).
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="myapp-metrics-"
+        )
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+_fresh_metrics_directory()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A fresh connection pool in each worker (never a connection inherited from the master)."""
+    app = worker.app.wsgi()
+    registry = getattr(app, "registry", None)
+    database = registry.get("db") if registry is not None else None
+    if database is not None:
+        database.engine.dispose(close=False)
+        if database.replica_engine is not None:
+            database.replica_engine.dispose(close=False)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop the live gauges (pool checked out, overflow) of a worker that exited."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
