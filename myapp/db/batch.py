@@ -91,10 +91,14 @@ def db_batch_operation(
     def pending_rows() -> int:
         return counted + pending_changes(session)
 
-    def commit(rows: int) -> None:
-        nonlocal counted, committing
+    def commit(rows: int, *, last: bool = False) -> None:
+        nonlocal counted, committing, ended
         committing = rows
-        nesting.commit_and_continue(unit, session)
+        if last:  # the unit ends with this commit: no new transaction after it
+            ended = True
+            nesting.exit(unit, None)
+        else:
+            nesting.commit_and_continue(unit, session)
         committing = None
         for obj in written:
             if obj in session:
@@ -115,14 +119,15 @@ def db_batch_operation(
         if progress is not None and rows:
             progress(replace(state, history=list(state.history)))
 
-    # adopts the scope's implicit transaction; the last, empty one is discarded at the end
-    unit = nesting.enter(session, commits=False, manual=True, kind="db_batch_operation()")
+    # adopts the scope's implicit transaction; the last batch commits as the unit ends
+    unit = nesting.enter(session, manual=True, kind="db_batch_operation()")
+    ended = False
     event.listen(session, "after_flush", after_flush)
     event.listen(session, "do_orm_execute", on_execute)
     error: BaseException | None = None
     try:
         yield session, commit_batch
-        commit(pending_rows())
+        commit(pending_rows(), last=True)
         state.done = True
         if progress is not None:
             progress(replace(state, history=list(state.history)))
@@ -143,4 +148,5 @@ def db_batch_operation(
     finally:
         event.remove(session, "after_flush", after_flush)
         event.remove(session, "do_orm_execute", on_execute)
-        nesting.exit(unit, error)
+        if not ended:  # failed, or abandoned (the generator was closed): roll back
+            nesting.exit(unit, error if error is not None else GeneratorExit())
