@@ -24,6 +24,12 @@ SLOW: dict[str, str] = {
     "tests/reliability/test_killed_connections.py": "kill: backends terminated mid-request",
     "tests/benchmarks/test_smoke.py": "the benchmarks' smoke runs, callgrind instruction counts",
     "tests/dashboard/test_dashboard_browser.py": "browser: Chromium against a real server",
+    "tests/dashboard/test_api_explorer_browser.py": "browser: Chromium, the offline API explorer",
+    "tests/dashboard/test_demo_browser.py": "browser: Chromium, the README demo on a real server",
+    "tests/observability/test_gunicorn.py": "two gunicorn workers on a real server",
+    "tests/reliability/test_races.py": "20-way races on real connections",
+    "tests/reliability/test_route_matrix.py": "every route x method x caller x body",
+    "tests/reliability/test_operations.py": "real servers: HEAD, limits, smuggling, trusted hosts",
     "tests/services/test_invoicing_real.py::"
     "test_sigkill_at_random_points_then_a_rerun_invoices_each_booking_once": "kill: SIGKILL",
     "tests/toolkit/test_backends.py::test_a_killed_runs_database_is_dropped_by_the_next_run": (

@@ -10,7 +10,7 @@
 * the spec at ``/api/openapi.yaml`` and its explorer (Swagger UI) at ``/api/docs/``;
 * the security policy (:mod:`myapp.api.security`): bearer tokens, hashed;
 * the dispatch trigger as a *durable route* outside pyramid_tm
-  (:mod:`myapp.api.durable`), because the dispatch engine commits by itself.
+  (:mod:`myapp.db.pyramid.durable`), because the dispatch engine commits by itself.
 
 Settings: ``myapp.admin_token_hash`` (see :mod:`myapp.services.tokens`);
 ``pyramid_openapi3.enable_response_validation`` (default true).

@@ -40,10 +40,9 @@ from pyramid.view import forbidden_view_config
 from sqlalchemy import select
 
 from myapp.db import db_read_only
+from myapp.db.pyramid.durable import is_durable_request
 from myapp.models import Company
 from myapp.services.tokens import hash_token, is_admin_token, same_hash
-
-from .durable import is_durable_request
 
 #: session keys of a dashboard login
 SESSION_COMPANY = "dashboard.company_id"
@@ -259,6 +258,6 @@ def includeme(config: Configurator) -> None:
     if config.registry.get("myapp.security_installed"):
         return
     config.registry["myapp.security_installed"] = True
-    config.include(".durable")
+    config.include("myapp.db.pyramid.durable")
     config.set_security_policy(SecurityPolicy())
     config.scan(__name__)

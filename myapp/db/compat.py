@@ -1,7 +1,7 @@
 """The one place where myapp reads its libraries' private names.
 
 Each function here stands in for a public API that the library does not
-offer. Every one is pinned by a test in ``tests/units/test_compat.py`` that
+offer. Every one is pinned by a test in ``tests/db/units/test_compat.py`` that
 checks the library behaviour it relies on, so that an upgrade of
 ``transaction``, zope.sqlalchemy or SQLAlchemy that changes it fails a named
 test instead of a user's request. Nothing outside this module touches a

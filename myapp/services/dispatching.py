@@ -6,7 +6,7 @@ dashboard's "Dispatch now") is a :class:`~myapp.models.dispatch.DispatchRun`
 that the dashboard and ``GET /api/companies/{id}/dispatch-runs`` show.
 
 Transactional contract: :func:`dispatch_and_record` runs **outside any unit of
-work** (a durable route, see :mod:`myapp.api.durable`, a command or a script's scope). It
+work** (a durable route, see :mod:`myapp.db.pyramid.durable`, a command or a script's scope). It
 calls the dispatch engine, whose durable unit of work commits the assignments
 by itself, then records a :class:`~myapp.models.dispatch.DispatchRun` in a
 second, short unit of work. The two commits are independent: if the second

@@ -40,7 +40,7 @@ class RequestThread:
         self.executor.shutdown(wait=True)
 
 
-_RequestThread = RequestThread  # the name tests/stack knew
+_RequestThread = RequestThread  # the name tests/db/stack knew
 
 
 def threaded_wsgi(app: Any, request_thread: RequestThread) -> Callable[..., list[bytes]]:

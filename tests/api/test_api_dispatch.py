@@ -10,9 +10,9 @@ from api_helpers import Tenant, threaded_testapp
 from pyramid.config import Configurator
 from sqlalchemy import select
 
-from myapp.api.durable import activate_hook
 from myapp.api.security import CompanyContext as Ctx
 from myapp.db import current_session, current_transaction
+from myapp.db.pyramid.durable import activate_hook
 from myapp.models import Booking
 from myapp.models.dispatch import DispatchRun
 from myapp.services.tokens import hash_token

@@ -9,7 +9,7 @@ INSERT/UPDATE/DELETE was sent while the switch was on; table counts prove
 nothing changed. Switched off, the very same writes succeed.
 
 The unit-level refusals (``db_transaction``, ``save()``, ``db_batch_operation``)
-are in ``tests/units/test_read_only.py``.
+are in ``tests/db/units/test_read_only.py``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ each hook runs exactly once. With a single attempt, the loser gets a clear
 kept.
 
 Serialization failures (40001) are already proven the same way:
-``tests/stack/test_retry.py`` (requests, at write and at commit time, 409
-after the last attempt) and ``tests/units/test_transaction.py::
+``tests/db/stack/test_retry.py`` (requests, at write and at commit time, 409
+after the last attempt) and ``tests/db/units/test_transaction.py::
 test_attempts_retries_a_real_serialization_failure`` (``db_transaction``).
 """
 

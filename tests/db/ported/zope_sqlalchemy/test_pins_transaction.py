@@ -5,7 +5,7 @@ release of ``transaction`` that changes it fails here, by name, before a
 user's request does. They use a private ``TransactionManager(explicit=True)``
 of their own (no database), so they say nothing about myapp's code, only
 about the library's. Private names that ``myapp.db`` reads are pinned by the
-tests of ``myapp/db/compat.py`` (``tests/units/test_compat.py``); these pin
+tests of ``myapp/db/compat.py`` (``tests/db/units/test_compat.py``); these pin
 public behaviour.
 """
 

@@ -31,7 +31,7 @@ from myapp.models import Event
 
 from .conftest import event_ids, make_app
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def create_event(event_id: str, title: str = "created by business code") -> Event:

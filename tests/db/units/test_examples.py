@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from myapp.models import Event, Item
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_example(name: str, url: str) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,7 @@
   the exception view rendered, and it never tags errors raised by the
   commit: an error view that renders a retryable database error (a
   serialization failure, a deadlock) must tag it itself, or pyramid_retry
-  will not replay the request (``tests/stack/test_retry.py`` proves both).
+  will not replay the request (``tests/db/stack/test_retry.py`` proves both).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid_retry import is_last_attempt, mark_error_retryable
 
-from .compat import Status
-from .engine import sqlite_write_intent
-from .manager import current_transaction, get_tm
-from .retry import is_disconnect, is_transient
-from .scope import Database, Scope
+from ..compat import Status
+from ..engine import sqlite_write_intent
+from ..manager import current_transaction, get_tm
+from ..retry import is_disconnect, is_transient
+from ..scope import Database, Scope
 
 log = logging.getLogger("myapp.db")
 
@@ -199,6 +199,7 @@ def includeme(config: Configurator) -> None:
     settings.setdefault("retry.attempts", 3)
     config.include("pyramid_tm")
     config.include("pyramid_retry")
+    config.include("myapp.db.pyramid.durable")  # add_durable_route(): outside pyramid_tm
 
     db = settings.get("myapp.database")
     if not isinstance(db, Database):

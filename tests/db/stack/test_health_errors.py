@@ -22,7 +22,7 @@ from stack_helpers import add_view, build_app, threaded
 
 from myapp import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_healthz_ok(testapp: Any, backend: str) -> None:
