@@ -28,12 +28,19 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, ExceptionContext, make_url
 
-#: the replica's replay lag in seconds (0 when it replayed all it received), and whether it is one
-LAG_SQL = (
-    "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() "
-    "OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END"
-)
+#: on the replica: is it one, and how stale is what it replayed. With the primary's current
+#: WAL position (``%(primary)s``, or NULL when unknown): replayed up to it means no lag; else the
+#: age of the last transaction replayed (NULL, reported as lagging, when it replayed none since
+#: it started, or when it is not streaming and the primary's position is unknown)
+LAG_SQL = """\
+SELECT pg_is_in_recovery(), CASE
+  WHEN NOT pg_is_in_recovery() THEN 0
+  WHEN CAST(%(primary)s AS pg_lsn) IS NOT NULL
+   AND pg_wal_lsn_diff(CAST(%(primary)s AS pg_lsn), pg_last_wal_replay_lsn()) <= 0 THEN 0
+  WHEN CAST(%(primary)s AS pg_lsn) IS NULL AND pg_last_wal_receive_lsn() IS NULL THEN NULL
+  WHEN CAST(%(primary)s AS pg_lsn) IS NULL
+   AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+  ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"""
 
 
 @dataclass(frozen=True)
@@ -77,13 +84,18 @@ class Replica:
             self.state.url, "down", None, None, time.monotonic(), message or "connection lost"
         )
 
-    def check(self, max_lag: float) -> ReplicaState:
-        """Ask the replica its lag now (one round trip on a pooled connection)."""
+    def check(self, max_lag: float, primary_lsn: str | None = None) -> ReplicaState:
+        """Ask the replica its lag now (one round trip on a pooled connection).
+
+        ``primary_lsn``: the primary's current WAL position, read just before
+        (without it, the replica's own estimate: right after a restart it may
+        not know how far behind it is, and is then reported lagging).
+        """
         try:
             with self.engine.connect() as conn:
                 if conn.dialect.name == "postgresql":
-                    in_recovery, lag = conn.execute(text(LAG_SQL)).one()
-                    lag = float(lag)
+                    in_recovery, lag = conn.exec_driver_sql(LAG_SQL, {"primary": primary_lsn}).one()
+                    lag = None if lag is None else float(lag)
                 else:
                     conn.execute(text("SELECT 1"))
                     in_recovery, lag = None, 0.0
@@ -91,17 +103,19 @@ class Replica:
             text_ = str(getattr(exc, "orig", exc)).strip()
             self.mark_down(text_.splitlines()[0] if text_ else type(exc).__name__)
             return self.state
-        state = "ok" if lag <= max_lag else "lagging"
+        state = "ok" if lag is not None and lag <= max_lag else "lagging"
         self.state = ReplicaState(self.state.url, state, lag, in_recovery, time.monotonic(), None)
         return self.state
 
-    def usable(self, max_lag: float, check_interval: float) -> bool:
+    def usable(
+        self, max_lag: float, check_interval: float, primary_lsn: Callable[[], str | None]
+    ) -> bool:
         """Is this replica up and close enough? Checks it again if its state is too old."""
         state = self.state
         stale = state.checked_at is None or time.monotonic() - state.checked_at >= check_interval
         if stale and self._lock.acquire(blocking=False):  # one thread checks, others use the last
             try:
-                state = self.check(max_lag)
+                state = self.check(max_lag, primary_lsn())
             finally:
                 self._lock.release()
         return state.state == "ok"
@@ -122,6 +136,8 @@ class ReplicaSet:
         self.max_lag = max_lag
         self.check_interval = check_interval
         self.read_your_writes = read_your_writes
+        #: an engine on the primary, for its current WAL position (set by the Database)
+        self.primary: Engine | None = None
         self._next = 0
 
     def __bool__(self) -> bool:
@@ -139,13 +155,27 @@ class ReplicaSet:
         self._next = (start + 1) % count
         for i in range(count):
             replica = self.replicas[(start + i) % count]
-            if replica.usable(self.max_lag, self.check_interval):
+            if replica.usable(self.max_lag, self.check_interval, self.primary_lsn):
                 return replica
         return None
 
+    def primary_lsn(self) -> str | None:
+        """The primary's current WAL position (one round trip), or None if unknown."""
+        if self.primary is None or self.primary.dialect.name != "postgresql":
+            return None
+        try:
+            with self.primary.connect() as conn:
+                return str(conn.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar())
+        except Exception:  # the primary's own trouble is not the replica's state
+            return None
+
+    def check(self, replica: Replica) -> ReplicaState:
+        """Check ``replica`` now, against the primary's current WAL position."""
+        return replica.check(self.max_lag, self.primary_lsn())
+
     def report(self) -> list[ReplicaState]:
         """Check every replica now; their states, in configuration order."""
-        return [replica.check(self.max_lag) for replica in self.replicas]
+        return [self.check(replica) for replica in self.replicas]
 
     def dispose(self) -> None:
         for replica in self.replicas:

@@ -218,6 +218,11 @@ class Database:
         if replica_engine is not None:
             url = replica_engine.url.render_as_string(hide_password=False)
             self.replicas.replicas.insert(0, Replica(url, replica_engine, self.replica_factory))
+            from sqlalchemy import event
+
+            event.listen(self.session_factory, "after_commit", _read_your_writes)
+        if self.replicas.primary is None:
+            self.replicas.primary = engine
         self._read_engine: Engine | None = read_engine if isinstance(read_engine, Engine) else None
         self._read_engine_wanted = read_engine is not False
         self._read_factory: Callable[[], Session] | None = None
@@ -242,6 +247,10 @@ class Database:
         engine = create_read_engine(url, **options)
         replica = Replica(url, engine, self._factory_for(engine))
         self.replicas.replicas.append(replica)
+        from sqlalchemy import event
+
+        if not event.contains(self.session_factory, "after_commit", _read_your_writes):
+            event.listen(self.session_factory, "after_commit", _read_your_writes)
         if self.replica_engine is None:  # the first replica, as before several were possible
             self.replica_engine = engine
             self.replica_factory = replica.factory
@@ -409,6 +418,13 @@ class Database:
         if self._read_engine is not None:
             self._read_engine.dispose()
         self.replicas.dispose()
+
+
+def _read_your_writes(session: Session) -> None:
+    """After a commit on the primary, the scope's outermost read-only units read from it too."""
+    scope = _current.get()
+    if scope is not None and not scope.primary_reads:
+        scope.primary_reads = True
 
 
 def make_url_backend(url: str) -> str:
