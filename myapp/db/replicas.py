@@ -194,3 +194,8 @@ def replica_report(database: Any) -> list[ReplicaState]:
     """Each configured replica's state and lag, checked now (for ``myapp check``)."""
     replicas: ReplicaSet | None = getattr(database, "replicas", None)
     return replicas.report() if replicas else []
+
+
+def replica_lines(database: Any) -> list[str]:
+    """One line per configured replica, checked now (``myapp check`` prints them)."""
+    return [state.line() for state in replica_report(database)]

@@ -269,3 +269,38 @@ def test_replica_stopped_under_mixed_load_on_a_real_server(
         finally:
             check.dispose()
         assert stored == set(written)  # 0 lost writes
+
+
+def test_myapp_check_reports_each_replica(replica_cluster: PgCluster) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dbname = f"rp_check_{next(_names)}"
+    primary_url = replica_cluster.create_database(dbname)
+    assert replica_cluster.replica is not None
+    replica_url = replica_cluster.replica.url(dbname)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DATABASE_URL": primary_url, "DATABASE_REPLICA_URLS": replica_url}
+    env.pop("MYAPP_ENV", None)
+    myapp = [sys.executable, "-m", "myapp.commands", "-c", str(root / "development.ini")]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*myapp, *args], env=env, cwd=root, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("initdb").returncode == 0
+    replica_cluster.wait_for_replica()
+    checked = run("check")
+    assert checked.returncode == 0, checked.stderr
+    (line,) = [x for x in checked.stdout.splitlines() if x.startswith("replica ")]
+    assert f"127.0.0.1:{replica_cluster.replica.port}/{dbname}: ok, lag 0.000 s" in line
+    replica_cluster.stop_replica()
+    try:
+        checked = run("check")
+        assert checked.returncode == 0, checked.stderr  # the service still works: a report
+        (line,) = [x for x in checked.stdout.splitlines() if x.startswith("replica ")]
+        assert ": down, lag unknown: " in line
+    finally:
+        replica_cluster.start_replica()
