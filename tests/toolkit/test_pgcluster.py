@@ -23,6 +23,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from psycopg import sql
+from sqlalchemy.orm import Session
 
 from myapp.testing.pgcluster import (
     DIR_PREFIX,
@@ -220,6 +221,45 @@ def test_prepared_transaction_survives_a_crash_of_the_primary(pg_cluster: PgClus
         conn.tpc_commit(in_doubt[0])
     assert primary.query(f"SELECT v FROM {table}") == "in doubt"
     pg_cluster.wait_for_replica(timeout=60)
+
+
+def test_sqlalchemy_two_phase_commit_across_two_databases(pg_cluster: PgCluster) -> None:
+    """What issue 16 builds on: SQLAlchemy's twophase sessions over psycopg 3, and recovery."""
+    suffix = uuid.uuid4().hex[:8]
+    main_url = pg_cluster.create_database(f"main_{suffix}")
+    ledger_url = pg_cluster.create_database(f"ledger_{suffix}")
+    main, ledger = sqlalchemy.create_engine(main_url), sqlalchemy.create_engine(ledger_url)
+    try:
+        for engine in (main, ledger):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE t (id int PRIMARY KEY)")
+        with Session(twophase=True) as session:
+            session.connection(bind_arguments={"bind": main}).exec_driver_sql(
+                "INSERT INTO t VALUES (1)"
+            )
+            session.connection(bind_arguments={"bind": ledger}).exec_driver_sql(
+                "INSERT INTO t VALUES (1)"
+            )
+            session.commit()  # PREPARE TRANSACTION in both, then COMMIT PREPARED in both
+        for engine in (main, ledger):
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+        # a coordinator that dies after the prepare leaves the transaction in doubt ...
+        conn = main.connect()
+        xa = conn.begin_twophase()
+        conn.exec_driver_sql("INSERT INTO t VALUES (2)")
+        xa.prepare()
+        conn.invalidate()  # the connection is gone; the prepared transaction stays
+        with main.connect() as other:
+            assert xa.xid in other.recover_twophase()
+            assert other.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+            # ... and recovery resolves it from another connection
+            other.commit_prepared(xa.xid, recover=True)
+            assert other.exec_driver_sql("SELECT count(*) FROM t").scalar() == 2
+            assert xa.xid not in other.recover_twophase()
+    finally:
+        main.dispose()
+        ledger.dispose()
 
 
 @pytest.mark.slow
