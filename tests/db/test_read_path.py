@@ -292,3 +292,42 @@ def test_a_read_after_the_database_dropped_its_connections_is_replayed(live: Liv
     response = app.get("/read")
     assert response.status_int == 200 and response.json["read_engine"]
     assert read.pool.checkedout() == 0
+
+
+# ---------------------------------------------------------------------------
+# the primary's pipelined BEGIN (PostgreSQL)
+
+
+def test_the_pipelined_begin_keeps_transactions_whole(live: Live) -> None:
+    """BEGIN travels with the first statement: still one transaction, rolled back as one."""
+    if live.dialect != "postgresql":
+        pytest.skip("the pipelined BEGIN is PostgreSQL's")
+    engine = live.engine
+    name = live.token + "_rolled_back"
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        conn.execute(text("INSERT INTO items (name) VALUES (:n)"), {"n": name})
+        assert raw.info.transaction_status == 2  # INTRANS: in an explicit block
+        conn.execute(text("INSERT INTO items (name) VALUES (:n)"), {"n": name})
+        conn.rollback()
+        assert raw.autocommit is False  # left as psycopg had it
+    assert name not in live.names()
+    # the first statement fails: raised as ever, the connection is usable after the rollback
+    with engine.connect() as conn:
+        with pytest.raises(DBAPIError, match="division by zero"):
+            conn.execute(text("SELECT 1 / 0"))
+        conn.rollback()
+        assert conn.execute(text("SELECT 2")).scalar() == 2
+        conn.commit()
+    # the isolation level asked for is in the BEGIN sent
+    with engine.connect().execution_options(isolation_level="SERIALIZABLE") as conn:
+        assert conn.execute(text("SHOW transaction_isolation")).scalar() == "serializable"
+        conn.rollback()
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+        # a raw cursor after the first statement is inside the transaction
+        conn.execute(text("SELECT 1"))
+        with conn.connection.dbapi_connection.cursor() as cursor:
+            cursor.execute("INSERT INTO items (name) VALUES (%s)", (name,))
+        conn.rollback()
+    assert name not in live.names()
