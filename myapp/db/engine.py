@@ -115,12 +115,15 @@ def pipeline_begin(engine: Engine) -> Engine:
 
     def do_execute(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
         raw = cursor.connection
-        if settle(raw):
+        if not settle(raw):
+            cls.do_execute(dialect, cursor, statement, parameters, context)
+        elif getattr(cursor, "name", None):  # a server-side cursor: no pipeline mode
+            raw.execute(_begin_statement(raw))
+            cls.do_execute(dialect, cursor, statement, parameters, context)
+        else:
             with raw.pipeline():
                 raw.execute(_begin_statement(raw))
                 cls.do_execute(dialect, cursor, statement, parameters, context)
-        else:
-            cls.do_execute(dialect, cursor, statement, parameters, context)
 
     def do_execute_no_params(cursor: Any, statement: str, context: Any = None) -> None:
         raw = cursor.connection

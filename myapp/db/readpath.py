@@ -9,8 +9,8 @@ replica's, with its own pool, and
   psycopg sends no ``BEGIN``; the unit of work's commit and the pool's reset on
   return find no open transaction and send nothing. A read costs one round trip
   per statement. When a unit needs a transaction block (a savepoint, a
-  repeatable-read snapshot) ``BEGIN`` is sent then, and only then; it is read-only
-  too (the connection's default).
+  repeatable-read snapshot, a server-side cursor for ``stream_results``) ``BEGIN``
+  is sent then, and only then; it is read-only too (the connection's default).
 * on SQLite: the same database file, ``PRAGMA query_only=ON`` on every new
   connection (no network: transactions stay as they are).
 
@@ -87,6 +87,8 @@ def create_read_engine(url: str, **options: Any) -> Engine:
         # dispatch engine events at every statement): a savepoint in autocommit
         # needs a transaction block, begun here, read-only by the connection's default
         engine.dialect.do_savepoint = _pg_savepoint_in_block.__get__(engine.dialect)  # type: ignore[method-assign]
+        # a server-side cursor (stream_results / yield_per) is DECLAREd: it needs a block too
+        engine.dialect.do_execute = _pg_execute_named_in_block.__get__(engine.dialect)  # type: ignore[method-assign]
     else:
         raise ValueError(f"no read path for the {parsed.get_backend_name()!r} backend")
     install_error_mapping(engine)
@@ -115,6 +117,16 @@ def _sqlite_query_only(dbapi_connection: Any, connection_record: Any) -> None:
 def _pg_savepoint_in_block(dialect: Any, connection: Connection, name: str) -> None:
     begin_block(connection)
     type(dialect).do_savepoint(dialect, connection, name)
+
+
+def _pg_execute_named_in_block(
+    dialect: Any, cursor: Any, statement: str, parameters: Any, context: Any = None
+) -> None:
+    if getattr(cursor, "name", None):  # psycopg's ServerCursor
+        raw = cursor.connection
+        if raw.autocommit and int(raw.info.transaction_status) == 0:
+            raw.execute("BEGIN")
+    type(dialect).do_execute(dialect, cursor, statement, parameters, context)
 
 
 def begin_block(connection: Connection, sql: str = "BEGIN") -> bool:

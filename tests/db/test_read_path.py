@@ -331,3 +331,29 @@ def test_the_pipelined_begin_keeps_transactions_whole(live: Live) -> None:
             cursor.execute("INSERT INTO items (name) VALUES (%s)", (name,))
         conn.rollback()
     assert name not in live.names()
+
+
+def test_streamed_reads_work_on_the_read_engine(live: Live) -> None:
+    """stream_results uses a server-side cursor (DECLARE): the read engine opens a block."""
+    live.add(5)
+    with live.database.scope():
+        with db_read_only() as session:
+            rows = session.execute(
+                select(Item.name).where(Item.name.like(live.token + "%")),
+                execution_options={"stream_results": True, "yield_per": 2},
+            )
+            assert sorted(name for (name,) in rows) == [f"{live.token}_{i}" for i in range(5)]
+            assert session.scalar(text("SELECT 1")) == 1  # still usable after the cursor
+
+
+def test_streamed_reads_work_in_a_write_transaction(live: Live) -> None:
+    """On the primary, a server-side cursor as first statement gets its BEGIN (not pipelined)."""
+    live.add(3)
+    with live.database.scope(), db_transaction() as session:
+        rows = session.execute(
+            select(Item.name).where(Item.name.like(live.token + "%")),
+            execution_options={"stream_results": True, "yield_per": 2},
+        )
+        assert len(list(rows)) == 3
+        session.add(Item(name=live.token + "_after"))
+    assert live.token + "_after" in live.names()
