@@ -69,6 +69,7 @@ def create_read_engine(url: str, **options: Any) -> Engine:
     """
     options = dict(options)
     options.pop("pool_pre_ping", None)
+    options.pop("pipeline_begin", None)  # reads begin no transaction
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):

@@ -20,7 +20,8 @@ prod       (must be given)             pool 10 + 20 overflow, no pre-ping, recyc
 No profile pre-pings pooled connections (a ``SELECT 1`` round trip per checkout):
 a request that meets a dead pooled connection is replayed on a fresh one instead
 (``docs/architecture.md``, "The read path"). ``sqlalchemy.pool_pre_ping = true``
-still turns it on.
+still turns it on. ``sqlalchemy.pipeline_begin`` (default true): PostgreSQL write
+transactions send their ``BEGIN`` with their first statement (:mod:`myapp.db.engine`).
 
 Read replicas (:mod:`myapp.db.replicas`): ``sqlalchemy.replica_urls`` (one URL per
 line, or separated by commas or spaces), overridden by the ``DATABASE_REPLICA_URLS``
@@ -100,6 +101,7 @@ def engine_options(settings: Mapping[str, Any], prefix: str = "sqlalchemy.") -> 
         ("pool_recycle", int),
         ("pool_timeout", float),
         ("pool_pre_ping", asbool),
+        ("pipeline_begin", asbool),
         ("echo", asbool),
     ):
         if prefix + key in settings:

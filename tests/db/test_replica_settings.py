@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from myapp.db.settings import DatabaseConfigError, engine_options, replica_options, replica_urls
@@ -47,3 +49,27 @@ def test_no_profile_pre_pings(monkeypatch: pytest.MonkeyPatch) -> None:
         assert engine_options({"myapp.env": profile})["pool_pre_ping"] is False
     options = engine_options({"myapp.env": "prod", "sqlalchemy.pool_pre_ping": "true"})
     assert options["pool_pre_ping"] is True
+
+
+def test_the_pipelined_begin_can_be_turned_off(dbengine: Any) -> None:
+    from sqlalchemy import text
+
+    from myapp.db import create_engine_for
+
+    url = dbengine.url.render_as_string(hide_password=False)
+    for pipelined in (True, False):
+        engine = create_engine_for(url, pipeline_begin=pipelined)
+        try:
+            assert ("do_executemany" in vars(engine.dialect)) is (
+                pipelined and engine.dialect.driver == "psycopg"
+            )
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+        finally:
+            engine.dispose()
+    assert (
+        engine_options({"myapp.env": "prod", "sqlalchemy.pipeline_begin": "false"})[
+            "pipeline_begin"
+        ]
+        is False
+    )
