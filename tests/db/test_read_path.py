@@ -357,3 +357,31 @@ def test_streamed_reads_work_in_a_write_transaction(live: Live) -> None:
         assert len(list(rows)) == 3
         session.add(Item(name=live.token + "_after"))
     assert live.token + "_after" in live.names()
+
+
+def test_a_snapshot_inside_a_get_request(live: Live) -> None:
+    """A view's reads agree inside db_read_only(snapshot=True), on the request's read session."""
+    live.add()
+    config = Configurator(settings={"myapp.database": live.database, "retry.attempts": 3})
+    config.include("myapp.db.pyramid")
+    count_sql = text("SELECT count(*) FROM items")
+
+    def report(request: Any) -> dict[str, Any]:
+        before = request.dbsession.scalar(count_sql)
+        with db_read_only(snapshot=True) as session:
+            assert session is request.dbsession
+            first = session.scalar(count_sql)
+            with live.engine.begin() as conn:  # a commit from elsewhere, mid-snapshot
+                conn.execute(text("INSERT INTO items (name) VALUES (:n)"), {"n": live.token + "_s"})
+            second = session.scalar(count_sql)
+        after = request.dbsession.scalar(count_sql)
+        return {"before": before, "first": first, "second": second, "after": after}
+
+    config.add_route("report", "/report")
+    config.add_view(report, route_name="report", request_method="GET", renderer="json")
+    got = webtest.TestApp(config.make_wsgi_app()).get("/report").json
+    assert got["first"] == got["second"] == got["before"]
+    if live.dialect == "postgresql":  # autocommit reads: the snapshot ended with the block
+        assert got["after"] == got["before"] + 1
+    else:  # SQLite: the request's read transaction is one snapshot (WAL) from its first read
+        assert got["after"] == got["before"]
