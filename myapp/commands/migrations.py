@@ -22,6 +22,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from myapp.db.replicas import replica_lines
+
 from .context import CommandContext
 from .errors import CommandError, connection_error_message, one_line
 from .registry import Command, register
@@ -297,6 +299,8 @@ class Check(Command):
             connection.exec_driver_sql("SELECT 1")
             heads = current_heads(connection)
         ctx.out(f"database: ok ({label})")
+        for line in replica_lines(ctx.db):  # each read replica's state and lag
+            ctx.out(line)
         pending = pending_revisions(script, heads)
         if pending:
             raise CommandError(

@@ -12,6 +12,7 @@ joined to that transaction is the current one.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,8 +27,10 @@ from .errors import NoScope
 from .guard import install_failure_guard
 from .manager import current_transaction, get_tm, unit_manager
 from .nesting import is_implicit
+from .readpath import after_transaction_end, install_error_mapping, lift_read_only
+from .replicas import Replica, ReplicaSet
 from .session import AUTOBEGIN, DATABASE, Session, register
-from .writes import MAINTENANCE, MaintenanceSwitch
+from .writes import MAINTENANCE, READ_ONLY, MaintenanceSwitch
 
 if TYPE_CHECKING:
     import transaction
@@ -59,8 +62,12 @@ def make_session_factory(
         bind=bind, class_=Session, expire_on_commit=expire_on_commit, info=info, **options
     )
     register(factory)
+    from sqlalchemy import event
+
+    event.listen(factory, "after_transaction_end", after_transaction_end)
     if isinstance(bind, Engine | Connection):
         install_failure_guard(bind)
+        install_error_mapping(bind.engine if isinstance(bind, Connection) else bind)
     return factory
 
 
@@ -69,7 +76,11 @@ class Scope:
 
     ``autobegin``: the session may begin an implicit unit of work when used
     outside ``db_transaction()`` (scripts and tests); request scopes never do,
-    since pyramid_tm always provides the transaction.
+    since pyramid_tm always provides the transaction. ``read_only``: the
+    session is read-only (safe-method requests): writes are refused at flush
+    and by the database. ``primary_reads``: outermost ``db_read_only()`` units
+    read from the primary, not a replica (read-your-writes: set after this
+    scope committed a write, or for a client that wrote recently).
     """
 
     def __init__(
@@ -80,8 +91,11 @@ class Scope:
         database: Database | None = None,
         autobegin: bool = True,
         kind: str = "script",
+        read_only: bool = False,
     ) -> None:
         self._factory = factory
+        self.read_only = read_only
+        self.primary_reads = False
         self._session = session
         self._owns_session = session is None
         self.database = database
@@ -101,6 +115,8 @@ class Scope:
             session = self._factory()
             if self.autobegin:
                 session.info[AUTOBEGIN] = True
+            if self.read_only:
+                session.info[READ_ONLY] = True
             self._session = session
         return self._session
 
@@ -116,6 +132,7 @@ class Scope:
     def close(self) -> None:
         """Close the session if this scope created it (returns its connection to the pool)."""
         if self._session is not None and self._owns_session:
+            lift_read_only(self._session)
             self._session.close()
             self._session = None
 
@@ -164,6 +181,15 @@ class Database:
 
     ``db.scope()`` opens a scope for scripts; ``db.session`` is the current
     scope's session; ``db.maintenance`` is the global read-only switch.
+
+    The read path (``docs/architecture.md``, "The read path"): safe-method
+    requests and outermost ``db_read_only()`` units read through
+    :meth:`read_factory`: a healthy replica of :attr:`replicas`, else the
+    primary's *read engine* (:attr:`read_engine`: the primary's URL, autocommit,
+    read-only by the server, created on first use; ``read_engine=False`` or an
+    in-memory SQLite database: none, reads then use the primary's factory in a
+    read-only transaction). ``replica_engine`` (an engine used as it is) and
+    ``replicas`` (a :class:`~myapp.db.replicas.ReplicaSet`) add replicas.
     """
 
     def __init__(
@@ -171,6 +197,8 @@ class Database:
         engine: Engine,
         *,
         replica_engine: Engine | None = None,
+        replicas: ReplicaSet | None = None,
+        read_engine: Engine | bool = True,
         expire_on_commit: bool = True,
         timezone: str = "Europe/Paris",
         read_only: bool = False,
@@ -184,47 +212,142 @@ class Database:
             engine, expire_on_commit=expire_on_commit, maintenance=self.maintenance, database=self
         )
         self.replica_factory = (
-            make_session_factory(
-                replica_engine,
-                expire_on_commit=expire_on_commit,
-                maintenance=self.maintenance,
-                database=self,
-            )
-            if replica_engine is not None
-            else None
+            self._factory_for(replica_engine) if replica_engine is not None else None
         )
+        self.replicas = replicas if replicas is not None else ReplicaSet()
+        if replica_engine is not None:
+            url = replica_engine.url.render_as_string(hide_password=False)
+            self.replicas.replicas.insert(0, Replica(url, replica_engine, self.replica_factory))
+            from sqlalchemy import event
+
+            event.listen(self.session_factory, "after_commit", _read_your_writes)
+        if self.replicas.primary is None:
+            self.replicas.primary = engine
+        self._read_engine: Engine | None = read_engine if isinstance(read_engine, Engine) else None
+        self._read_engine_wanted = read_engine is not False
+        self._read_factory: Callable[[], Session] | None = None
+        self._lock = threading.Lock()
+
+    def _factory_for(self, bind: Engine) -> sessionmaker[Session]:
+        return make_session_factory(
+            bind,
+            expire_on_commit=self.expire_on_commit,
+            maintenance=self.maintenance,
+            database=self,
+        )
+
+    def add_replica(self, url: str, **options: Any) -> Replica:
+        """Add a replica read through a read engine on ``url`` (``create_engine`` options)."""
+        from .readpath import create_read_engine
+        from .settings import normalise_url
+
+        url = normalise_url(url)
+        if make_url_backend(url) == "postgresql":
+            options.setdefault("connect_args", {}).setdefault("connect_timeout", 3)
+        engine = create_read_engine(url, **options)
+        replica = Replica(url, engine, self._factory_for(engine))
+        self.replicas.replicas.append(replica)
+        from sqlalchemy import event
+
+        if not event.contains(self.session_factory, "after_commit", _read_your_writes):
+            event.listen(self.session_factory, "after_commit", _read_your_writes)
+        if self.replica_engine is None:  # the first replica, as before several were possible
+            self.replica_engine = engine
+            self.replica_factory = replica.factory
+        return replica
+
+    @property
+    def read_engine(self) -> Engine | None:
+        """The primary's read engine (created on first use), or None if it has none."""
+        if self._read_engine is None and self._read_engine_wanted:
+            with self._lock:
+                if self._read_engine is None and self._read_engine_wanted:
+                    self._read_engine = self._make_read_engine()
+                    self._read_engine_wanted = self._read_engine is not None
+        return self._read_engine
+
+    def _make_read_engine(self) -> Engine | None:
+        from .readpath import create_read_engine
+
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            return None
+        pool = self.engine.pool
+        options: dict[str, Any] = {}
+        size = getattr(pool, "size", None)
+        if callable(size) and url.get_backend_name() == "postgresql":
+            options["pool_size"] = size()
+            options["max_overflow"] = getattr(pool, "_max_overflow", 10)
+        recycle = getattr(pool, "_recycle", -1)
+        if recycle and recycle > 0:
+            options["pool_recycle"] = recycle
+        return create_read_engine(url.render_as_string(hide_password=False), **options)
+
+    def read_factory(
+        self, *, primary: bool = False
+    ) -> tuple[Callable[[], Session], Replica | None]:
+        """The session factory a read uses, and the replica it reads from (None: the primary).
+
+        ``primary=True`` (read-your-writes): never a replica. When the session
+        factory is bound elsewhere than the primary engine (a test's
+        connection), reads use that factory: they must see the test's data.
+        """
+        factory = self.session_factory
+        if factory.kw.get("bind") is not self.engine:
+            return factory, None
+        if not primary and self.replicas:
+            replica = self.replicas.choose()
+            if replica is not None:
+                return replica.factory, replica
+        if self._read_factory is None:
+            engine = self.read_engine
+            if engine is None:
+                return factory, None
+            with self._lock:
+                if self._read_factory is None:
+                    self._read_factory = self._factory_for(engine)
+        return self._read_factory, None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Database:
         """Build from a URL (``sqlite:///var/app.sqlite``, ``postgresql://...``).
 
         ``options`` are :class:`Database`'s keyword arguments (``replica_url``
-        gives the replica's URL).
+        gives a replica's URL, ``replica_urls`` several).
         """
         from .engine import create_engine_for
         from .settings import normalise_url
 
+        urls = list(options.pop("replica_urls", None) or ())
         replica_url = options.pop("replica_url", None)
         if replica_url:
-            options["replica_engine"] = create_engine_for(normalise_url(replica_url))
-        return cls(create_engine_for(normalise_url(url)), **options)
+            urls.insert(0, replica_url)
+        database = cls(create_engine_for(normalise_url(url)), **options)
+        for replica in urls:
+            database.add_replica(replica)
+        return database
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Database:
         """Build from Pyramid settings (``sqlalchemy.*``, ``myapp.*``; see settings.py)."""
         from .engine import engine_from_settings
-        from .settings import asbool
+        from .settings import asbool, engine_options, replica_options, replica_urls
 
-        replica = None
-        if settings.get("sqlalchemy.replica.url"):
-            replica = engine_from_settings(settings, prefix="sqlalchemy.replica.")
-        return cls(
+        database = cls(
             engine_from_settings(settings),
-            replica_engine=replica,
+            replicas=ReplicaSet(**replica_options(settings)),
             expire_on_commit=asbool(settings.get("sqlalchemy.expire_on_commit", True)),
             timezone=settings.get("myapp.timezone", "Europe/Paris"),
             read_only=asbool(settings.get("myapp.read_only", False)),
         )
+        options = engine_options(settings)
+        options.pop("echo", None)
+        for url in replica_urls(settings):
+            kept = {k: v for k, v in options.items() if make_url_backend(url) != "sqlite"}
+            database.add_replica(url, **kept)
+        return database
 
     @classmethod
     def from_config(cls, config_uri: str, name: str | None = None) -> Database:
@@ -292,5 +415,20 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection (at shutdown, or after forking)."""
         self.engine.dispose()
-        if self.replica_engine is not None:
-            self.replica_engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
+        self.replicas.dispose()
+
+
+def _read_your_writes(session: Session) -> None:
+    """After a commit on the primary, the scope's outermost read-only units read from it too."""
+    scope = _current.get()
+    if scope is not None and not scope.primary_reads:
+        scope.primary_reads = True
+
+
+def make_url_backend(url: str) -> str:
+    """``postgresql``, ``sqlite``, ...: the backend of ``url``."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_backend_name()

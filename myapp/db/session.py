@@ -17,8 +17,10 @@ own events:
   allows an *implicit* unit of work (``Database.scope()``, the test
   fixtures): then one is begun, marked implicit, and is committed by
   ``session.commit()``/``save()`` or discarded when the scope ends.
-* Read-only units of work and the maintenance switch refuse writes before
-  the database sees them (:mod:`myapp.db.writes`).
+* Read-only units of work and the maintenance switch make the transaction
+  read-only at the database (:mod:`myapp.db.readpath`), and refuse pending
+  ORM changes and ORM/Core DML before the database sees them
+  (:mod:`myapp.db.writes`).
 * A unit of work marked for rollback (``set_rollback(True)``, a merged unit
   that failed) or in which a database error was swallowed
   (:mod:`myapp.db.guard`) refuses further ORM statements with
@@ -46,7 +48,8 @@ from .guard import (
 from .hooks import commit_transaction
 from .manager import UnitManager, get_tm
 from .nesting import IMPLICIT, is_implicit, managed_error
-from .writes import MAINTENANCE, READ_ONLY, refuse_write, statement_writes
+from .readpath import begin_read_only
+from .writes import MAINTENANCE, READ_ONLY, refuse_write, statement_is_dml, statement_writes
 
 #: ``Session.info`` key: the session may begin an implicit unit of work.
 AUTOBEGIN = "myapp.autobegin"
@@ -124,8 +127,8 @@ class _Events:
         txn = _ensure_unit_of_work(session)
         join_transaction(session)
         record_connection(txn, connection)
-        if session.info.get(READ_ONLY) and connection.dialect.name == "postgresql":
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if session.info.get(READ_ONLY) or session.info.get(MAINTENANCE):
+            begin_read_only(session, txn, connection)
 
     def before_flush(self, session: _SASession, flush_context: Any, instances: Any) -> None:
         # the flags first: session.dirty scans the identity map
@@ -143,7 +146,11 @@ class _Events:
     def do_orm_execute(self, state: ORMExecuteState) -> None:
         session = state.session
         writes = statement_writes(state)
-        if writes and (session.info.get(READ_ONLY) or session.info.get(MAINTENANCE)):
+        if (
+            writes
+            and (session.info.get(READ_ONLY) or session.info.get(MAINTENANCE))
+            and statement_is_dml(state)
+        ):  # the early refusal; any other write is refused by the database
             refuse_write(session, "executing a write statement")
         manager = _manager()
         _refuse_if_broken(manager, _ensure_unit_of_work(session, manager))

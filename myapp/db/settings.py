@@ -12,10 +12,24 @@ testing    ``sqlite:///%(here)s/var/   small pool, no pre-ping
            testing.sqlite``
 local      ``sqlite:///%(here)s/var/   small pool, no pre-ping
            myapp.sqlite``
-dev        ``sqlite:///%(here)s/var/   small pool, pre-ping, SQL echo off
+dev        ``sqlite:///%(here)s/var/   small pool, no pre-ping, SQL echo off
            myapp.sqlite``
-prod       (must be given)             pool 10 + 20 overflow, pre-ping, recycle 1800 s
+prod       (must be given)             pool 10 + 20 overflow, no pre-ping, recycle 1800 s
 =========  ==========================  ===============================================
+
+No profile pre-pings pooled connections (a ``SELECT 1`` round trip per checkout):
+a request that meets a dead pooled connection is replayed on a fresh one instead
+(``docs/architecture.md``, "The read path"). ``sqlalchemy.pool_pre_ping = true``
+still turns it on. ``sqlalchemy.pipeline_begin`` (default true): PostgreSQL write
+transactions send their ``BEGIN`` with their first statement (:mod:`myapp.db.engine`).
+
+Read replicas (:mod:`myapp.db.replicas`): ``sqlalchemy.replica_urls`` (one URL per
+line, or separated by commas or spaces), overridden by the ``DATABASE_REPLICA_URLS``
+environment variable (same format; empty means none); the older single
+``sqlalchemy.replica.url`` still counts. ``sqlalchemy.replica_max_lag`` (seconds,
+default 5), ``sqlalchemy.replica_check_interval`` (seconds, default 2) and
+``sqlalchemy.read_your_writes`` (seconds a client that wrote reads from the primary,
+default 10).
 """
 
 from __future__ import annotations
@@ -35,8 +49,8 @@ def asbool(value: Any) -> bool:
 PROFILES: dict[str, dict[str, Any]] = {
     "testing": {"pool_size": 2, "max_overflow": 4, "pool_recycle": -1, "pool_pre_ping": False},
     "local": {"pool_size": 5, "max_overflow": 10, "pool_recycle": -1, "pool_pre_ping": False},
-    "dev": {"pool_size": 5, "max_overflow": 10, "pool_recycle": 3600, "pool_pre_ping": True},
-    "prod": {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800, "pool_pre_ping": True},
+    "dev": {"pool_size": 5, "max_overflow": 10, "pool_recycle": 3600, "pool_pre_ping": False},
+    "prod": {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800, "pool_pre_ping": False},
 }
 DEFAULT_SQLITE_FILE = {"testing": "testing.sqlite", "local": "myapp.sqlite", "dev": "myapp.sqlite"}
 
@@ -87,8 +101,48 @@ def engine_options(settings: Mapping[str, Any], prefix: str = "sqlalchemy.") -> 
         ("pool_recycle", int),
         ("pool_timeout", float),
         ("pool_pre_ping", asbool),
+        ("pipeline_begin", asbool),
         ("echo", asbool),
     ):
         if prefix + key in settings:
             options[key] = cast(settings[prefix + key])
     return options
+
+
+def replica_urls(settings: Mapping[str, Any]) -> list[str]:
+    """The read replicas' URLs: ``DATABASE_REPLICA_URLS``, else ``sqlalchemy.replica_urls``.
+
+    Both are lists separated by newlines, commas or spaces; the older single
+    ``sqlalchemy.replica.url`` is added to the ini list. An empty
+    ``DATABASE_REPLICA_URLS`` means no replicas.
+    """
+    raw = os.environ.get("DATABASE_REPLICA_URLS")
+    if raw is None:
+        raw = " ".join(
+            str(settings.get(key) or "")
+            for key in ("sqlalchemy.replica_urls", "sqlalchemy.replica.url")
+        )
+    urls: list[str] = []
+    for url in raw.replace(",", " ").split():
+        url = normalise_url(url)
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+def replica_options(settings: Mapping[str, Any]) -> dict[str, float]:
+    """``max_lag``, ``check_interval`` and ``read_your_writes`` in seconds (see the docstring)."""
+    values = {"max_lag": 5.0, "check_interval": 2.0, "read_your_writes": 10.0}
+    for name, key in (
+        ("max_lag", "sqlalchemy.replica_max_lag"),
+        ("check_interval", "sqlalchemy.replica_check_interval"),
+        ("read_your_writes", "sqlalchemy.read_your_writes"),
+    ):
+        if settings.get(key) not in (None, ""):
+            try:
+                values[name] = float(settings[key])
+            except ValueError:
+                raise DatabaseConfigError(f"{key} must be a number of seconds") from None
+            if values[name] < 0:
+                raise DatabaseConfigError(f"{key} must not be negative")
+    return values

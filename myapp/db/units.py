@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import PendingRollbackError
 
 from .errors import NoUnitOfWork
-from .guard import failed
+from .guard import FAILURE, failed, swallowed_error
 from .hooks import HOOKS, OnCommitHooks, run_hooks
 from .manager import current_transaction, unit_manager
 from .nesting import Unit
+from .readpath import begin_snapshot, end_block, enforce_read_only, lift_read_only, read_intent
 from .retry import is_retryable
 from .scope import Scope, current_scope
 from .session import Session as SessionT
@@ -286,35 +287,55 @@ class savepoint(db_transaction):
 
 
 @contextmanager
-def db_read_only() -> Iterator[SessionT]:
+def db_read_only(*, snapshot: bool = False) -> Iterator[SessionT]:
     """A read-only unit of work: yields a session; nothing it does is ever committed.
 
-    Flushing pending changes or executing DML raises ``ReadOnlyViolation``
-    before the database sees it; on PostgreSQL the transaction is also
-    ``READ ONLY``, so raw SQL writes fail in the database.
+    Writes are refused by the database itself: the connection or transaction
+    is read-only there (``docs/architecture.md``, "The read path"), and a write
+    raises :class:`~myapp.db.errors.ReadOnlyViolation` (nothing written).
+    Pending ORM changes are refused earlier, at flush. Every read works,
+    ``WITH ... SELECT`` included.
 
-    Outermost, it uses a session of its own (the scope's session is guarded
-    too), from the replica when ``sqlalchemy.replica.url`` is configured; the
-    session is current inside the block and closed at the end, so the objects
-    read stay usable, detached, with what was loaded. Inside a transaction
-    (a scope's implicit one included) it runs in a savepoint of the current
-    session that is rolled back and released at the end (PostgreSQL's
-    ``READ ONLY`` goes with it).
+    Outermost, it reads through a session of its own on the read path
+    (:meth:`~myapp.db.Database.read_factory`): a healthy replica, else the
+    primary's read engine (autocommit, read-only by the server: one round trip
+    per statement, no BEGIN/COMMIT); the primary after this scope wrote
+    (read-your-writes). The session is current inside the block and closed at
+    the end, so the objects read stay usable, detached, with what was loaded.
+
+    Nested (in a request or a ``db_transaction()``), it uses the current
+    session and sees the transaction's own uncommitted writes. In a writing
+    transaction it runs in a savepoint made read-only at the database
+    (PostgreSQL ``SET TRANSACTION READ ONLY``, SQLite ``PRAGMA query_only``),
+    rolled back and released at the end. In a session that is read-only
+    already (a GET request) it needs no savepoint and costs nothing.
+
+    ``snapshot=True``: every read of the block sees one snapshot of the
+    database (PostgreSQL ``REPEATABLE READ READ ONLY``; SQLite: a read
+    transaction, one snapshot in WAL mode). Use it when several reads must
+    agree with each other (a total and its lines, a page and its count).
+    Inside a transaction that already ran statements on PostgreSQL's primary
+    (a writing request, the test fixtures' transaction) the snapshot is that
+    transaction's own.
     """
     nesting = unit_manager().nesting
     scope = current_scope()
     if nesting.live_transaction() is not None:
         session = scope.session
         previous = session.info.get(READ_ONLY)
+        if previous:  # read-only already (a GET request, another read-only unit): no savepoint
+            yield from _read_only_in_read_only(nesting, session, snapshot)
+            return
         unit = nesting.enter(session, commits=False, adopt=False, kind="db_read_only()")
         error: BaseException | None = None
+        connection = None
         try:
             # Emit BEGIN/SAVEPOINT now, before the session turns read-only:
             # READ ONLY must apply to the savepoint only, never to the transaction.
             connection = session.connection()
             session.info[READ_ONLY] = True
-            if unit.savepoint is not None and connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            if unit.savepoint is not None:
+                enforce_read_only(session, connection)
             yield session
         except BaseException as exc:
             error = exc
@@ -324,10 +345,14 @@ def db_read_only() -> Iterator[SessionT]:
                 nesting.exit(unit, error)
             finally:
                 session.info[READ_ONLY] = previous
+                lift_read_only(session)
         return
 
     database = scope.database
-    factory = (database.replica_factory if database is not None else None) or scope.factory
+    if database is not None:
+        factory, _replica = database.read_factory(primary=scope.primary_reads)
+    else:
+        factory = scope.factory
     own = factory is not None
     session = factory() if factory is not None else scope.session
     guarded = [session] + ([scope.session] if own and scope.has_session else [])
@@ -337,18 +362,24 @@ def db_read_only() -> Iterator[SessionT]:
     unit = nesting.enter(None, commits=False, adopt=False, kind="db_read_only()")
     error = None
     try:
-        if own:
-            ro_scope = Scope(session=session, database=database, autobegin=False, kind="read-only")
-            with ro_scope.activate():
+        with read_intent():  # SQLite: a deferred BEGIN, even inside a write request
+            if snapshot:
+                begin_snapshot(session, outermost=True)
+            if own:
+                ro_scope = Scope(
+                    session=session, database=database, autobegin=False, kind="read-only"
+                )
+                with ro_scope.activate():
+                    yield session
+            else:
                 yield session
-        else:
-            yield session
     except BaseException as exc:
         error = exc
         raise
     finally:
         try:
             if own:  # end the SQL transaction without expiring what was read
+                lift_read_only(session)
                 session.close()
         finally:
             try:
@@ -356,6 +387,34 @@ def db_read_only() -> Iterator[SessionT]:
             finally:
                 for s, flag in previous_flags:
                     s.info[READ_ONLY] = flag
+
+
+def _read_only_in_read_only(nesting: Any, session: SessionT, snapshot: bool) -> Iterator[SessionT]:
+    """A read-only unit inside a read-only session: merged, and ends as a savepoint would.
+
+    Nothing can have been written, so there is nothing to roll back: an error
+    leaving the block propagates without marking the enclosing unit, and a
+    database error swallowed inside is forgotten as a savepoint rollback would.
+    """
+    txn = nesting.live_transaction()
+    before = swallowed_error(txn)
+    unit = nesting.enter(
+        session, savepoint=False, commits=False, adopt=False, kind="db_read_only()"
+    )
+    began = False
+    try:
+        if snapshot:
+            began = begin_snapshot(session)
+        yield session
+    finally:
+        try:
+            if began:
+                end_block(session)
+        finally:
+            nesting.exit(unit, None)
+            guard = txn.extension.get(FAILURE)
+            if guard is not None:
+                guard.error = before
 
 
 def on_commit(fn: Callable[[], Any], robust: bool = False, tm: Any = None) -> None:

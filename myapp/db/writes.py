@@ -1,8 +1,13 @@
 """Is this statement a write, and may this session write?
 
-Read-only units of work and the maintenance switch refuse writes before the
-database sees them: pending ORM changes at flush, and DML statements
-executed through the session.
+The database refuses writes in read-only units of work, safe-method requests
+and maintenance mode (:mod:`myapp.db.readpath`): that is the guarantee, and
+it needs no reading of SQL. The functions here only refuse *early*, before
+the database sees anything, what the ORM knows to be a write: pending ORM
+changes at flush, and ORM/Core ``insert()``/``update()``/``delete()``
+constructs (:func:`statement_is_dml`). :func:`statement_writes` (a guess for
+``text()``) only decides which statements mark the session changed and count
+in a batch; it never refuses anything.
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ _WRITE_SQL = re.compile(
 
 
 def statement_writes(state: ORMExecuteState) -> bool:
-    """Does this ``session.execute`` write? ORM/Core DML yes, SELECT no, ``text()`` by keyword."""
+    """Does this ``session.execute`` write? ORM/Core DML yes, SELECT no, ``text()`` by keyword.
+
+    A guess for ``text()`` (a ``WITH`` may only read): used to mark the session
+    changed and to count batch rows, never to refuse a statement.
+    """
     if state.is_select:  # the common case first
         return False
     if state.is_insert or state.is_update or state.is_delete:
@@ -48,6 +57,11 @@ def statement_writes(state: ORMExecuteState) -> bool:
     if text is None:  # some other executable (DDL, ...): assume it writes
         return True
     return bool(_WRITE_SQL.match(text))
+
+
+def statement_is_dml(state: ORMExecuteState) -> bool:
+    """Is this an ORM/Core INSERT, UPDATE or DELETE construct (no SQL text is read)?"""
+    return bool(state.is_insert or state.is_update or state.is_delete)
 
 
 def refuse_in_maintenance(
@@ -67,6 +81,7 @@ def refuse_write(session: Session, what: str) -> None:
     refuse_in_maintenance(session, what)
     if session.info.get(READ_ONLY):
         raise ReadOnlyViolation(
-            f"{what} inside db_read_only(): read-only units of work cannot write; "
-            "nothing was written. Use db_transaction() for writes."
+            f"{what} in a read-only unit of work (db_read_only(), or a GET/HEAD/OPTIONS "
+            "request): it cannot write; nothing was written. Write in db_transaction(), in a "
+            "request whose method may write."
         )

@@ -128,13 +128,18 @@ def test_write_requests_begin_immediate_and_read_requests_do_not(sqlite_file: En
         dbapi_connection.set_trace_callback(seen)
 
     sqlite_file.dispose()  # new connections, traced from the start
-    event.listen(sqlite_file, "connect", trace)
+    # reads use the read engine (same file, PRAGMA query_only): trace it too
+    engines = [sqlite_file, database.read_engine]
+    for engine in engines:
+        event.listen(engine, "connect", trace)
     try:
         app = client(build_app(database, configure))
         for method in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"):
             app.request("/t/begin", method=method, status="*")
     finally:
-        event.remove(sqlite_file, "connect", trace)
+        for engine in engines:
+            event.remove(engine, "connect", trace)
+        database.dispose()
     assert begins == ["BEGIN"] * 3 + ["BEGIN IMMEDIATE"] * 4
 
 

@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -73,6 +74,40 @@ def _dbsession(request: Request) -> Any:
     return scope.session
 
 
+#: the cookie that sends a client that wrote recently to the primary (read-your-writes)
+WROTE_COOKIE = "myapp_wrote"
+REPLICA_ATTR = "_myapp_db_replica"
+
+
+def _wrote_recently(request: Request, db: Database) -> bool:
+    """Did this client write less than ``read_your_writes`` seconds ago (the cookie says until)?"""
+    if not db.replicas:
+        return False
+    value = request.cookies.get(WROTE_COOKIE)
+    if not value:
+        return False
+    try:
+        return float(value) > time.time()
+    except ValueError:
+        return False
+
+
+def _remember_write(request: Request, response: Response, window: float) -> None:
+    """After a successful unsafe request, the client reads from the primary for ``window`` s."""
+    if response.status_code >= 400:
+        return
+    until = time.time() + window
+    response.set_cookie(
+        WROTE_COOKIE,
+        f"{until:.3f}",
+        max_age=int(window) + 1,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=request.scheme == "https",
+    )
+
+
 def guard_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Any:
     """The guard tween (over pyramid_tm): a request scope, and nothing left open after it.
 
@@ -92,12 +127,25 @@ def guard_tween_factory(handler: Callable[[Request], Response], registry: Regist
                 "a transaction was left open on this thread before %s; aborting it", request.path
             )
             manager.abort_all()
-        scope = Scope(db.session_factory, database=db, autobegin=False, kind="request")
+        safe = request.method in SAFE_METHODS
+        if safe:
+            primary = _wrote_recently(request, db)
+            factory, replica = db.read_factory(primary=primary)
+            scope = Scope(factory, database=db, autobegin=False, kind="request", read_only=True)
+            scope.primary_reads = primary
+            if replica is not None:
+                setattr(request, REPLICA_ATTR, replica)
+        else:
+            scope = Scope(db.session_factory, database=db, autobegin=False, kind="request")
+            scope.primary_reads = True
         setattr(request, SCOPE_ATTR, scope)
-        intent = sqlite_write_intent() if request.method not in SAFE_METHODS else nullcontext()
+        intent = sqlite_write_intent() if not safe else nullcontext()
         try:
             with scope.activate(), intent:
-                return handler(request)
+                response = handler(request)
+            if not safe and db.replicas and db.replicas.read_your_writes > 0:
+                _remember_write(request, response, db.replicas.read_your_writes)
+            return response
         finally:
             try:
                 leftover = manager.current
@@ -167,15 +215,23 @@ def tag_retryable(request: Request, exc: BaseException) -> bool:
     is still active: the server rolled it back and the new attempt gets a new
     connection. A connection lost once the commit began is not: the COMMIT
     may have been applied, and replaying could write twice (the client gets a
-    503). Returns True if pyramid_retry will replay the request (so the
-    response is discarded), False on the last attempt or for other errors.
+    503). A safe-method request (GET, HEAD, OPTIONS) writes nothing, so a lost
+    connection is always retryable there, whatever the transaction's state, as
+    is any error of the replica it read from once that replica is marked down
+    (the new attempt reads from another replica or the primary). Returns True
+    if pyramid_retry will replay the request (so the response is discarded),
+    False on the last attempt or for other errors.
     """
     if not isinstance(exc, Exception):
         return False
     txn = current_transaction()
+    safe = request.method in SAFE_METHODS
     retryable = is_transient(exc) or (
-        is_disconnect(exc) and txn is not None and txn.status == Status.ACTIVE
+        is_disconnect(exc) and (safe or (txn is not None and txn.status == Status.ACTIVE))
     )
+    if not retryable and safe:  # the replica this read used failed: read elsewhere
+        replica = getattr(request, REPLICA_ATTR, None)
+        retryable = replica is not None and replica.state.state == "down"
     if not retryable and txn is not None:
         try:
             retryable = bool(txn.isRetryableError(exc))

@@ -82,7 +82,7 @@ def _routes(stack: Any) -> Any:
 )
 def test_commit_or_abort(stack: Any, path: str, status: int, committed: bool) -> None:
     app = _routes(stack)
-    response = app.get(path, status=status)
+    response = app.post(path, status=status)
     assert response.content_type == "application/json"
     suffix = path.rsplit("/", 1)[1]
     expected = [stack.name(f"-{suffix}")] if committed else []
@@ -91,17 +91,17 @@ def test_commit_or_abort(stack: Any, path: str, status: int, committed: bool) ->
 
 def test_error_bodies_are_json(stack: Any) -> None:
     app = _routes(stack)
-    assert app.get("/t/raise", status=500).json["error"] == "internal server error"
-    assert app.get("/t/raise400", status=400).json == {"error": "bad input"}
-    assert app.get("/t/raise503", status=503).json["error"]
+    assert app.post("/t/raise", status=500).json["error"] == "internal server error"
+    assert app.post("/t/raise400", status=400).json == {"error": "bad input"}
+    assert app.post("/t/raise503", status=503).json["error"]
     assert stack.names() == []
 
 
 def test_a_failed_request_does_not_poison_the_next_one(stack: Any) -> None:
     app = _routes(stack)
-    app.get("/t/raise", status=500)
-    app.get("/t/ok", status=200)
-    app.get("/t/ret422", status=422)
+    app.post("/t/raise", status=500)
+    app.post("/t/ok", status=200)
+    app.post("/t/ret422", status=422)
     assert stack.names() == [stack.name("-ok")]
 
 
