@@ -101,6 +101,7 @@ def test_tokens_create_admin_prints_a_token_and_its_setting(ini: Path) -> None:
     assert token not in again.stdout  # a new one each time
 
 
+@pytest.mark.postgresql_only  # SQLite creates its file by itself
 def test_initdb_creates_a_missing_postgresql_database(cli: Cli) -> None:
     if cli.backend != "postgresql":
         pytest.skip("PostgreSQL only: SQLite creates its file by itself")
@@ -123,6 +124,7 @@ def test_initdb_creates_a_missing_postgresql_database(cli: Cli) -> None:
         admin.dispose()
 
 
+@pytest.mark.postgresql_only
 def test_initdb_says_what_to_run_when_it_cannot_create_the_database(cli: Cli) -> None:
     if cli.backend != "postgresql":
         pytest.skip("PostgreSQL only")

@@ -298,10 +298,9 @@ def test_a_read_after_the_database_dropped_its_connections_is_replayed(live: Liv
 # the primary's pipelined BEGIN (PostgreSQL)
 
 
+@pytest.mark.postgresql_only  # the pipelined BEGIN is PostgreSQL's
 def test_the_pipelined_begin_keeps_transactions_whole(live: Live) -> None:
     """BEGIN travels with the first statement: still one transaction, rolled back as one."""
-    if live.dialect != "postgresql":
-        pytest.skip("the pipelined BEGIN is PostgreSQL's")
     engine = live.engine
     name = live.token + "_rolled_back"
     with engine.connect() as conn:

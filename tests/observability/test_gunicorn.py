@@ -84,8 +84,7 @@ def call(port: int, method: str, path: str, token: str | None = None, body: Any 
 
 @pytest.fixture
 def gunicorn(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if backend != "postgresql":
-        pytest.skip("the deployment recipe is tested on PostgreSQL (pass --dburl)")
+    assert backend == "postgresql"  # the test is postgresql_only
     pg = PostgresTestDatabase(request.config.getoption("--dburl"))
     url = pg.create()
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -143,6 +142,7 @@ def gunicorn(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> An
         pg.drop()
 
 
+@pytest.mark.postgresql_only  # the deployment recipe is tested on PostgreSQL
 def test_two_workers_serve_mixed_requests_within_their_pools_and_stop_gracefully(
     gunicorn: dict[str, Any],
 ) -> None:
