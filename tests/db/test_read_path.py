@@ -269,10 +269,9 @@ def test_a_write_in_a_get_request_is_a_clear_json_error_and_writes_nothing(live:
         assert conn.execute(delete(Item).where(Item.name == "from a GET")).rowcount == 1
 
 
+@pytest.mark.postgresql_only  # connections to terminate
 def test_a_read_after_the_database_dropped_its_connections_is_replayed(live: Live) -> None:
     """No pre-ping: the stale pooled connection fails, the request is replayed on a new one."""
-    if live.dialect != "postgresql":
-        pytest.skip("needs PostgreSQL (connections to terminate)")
     app = webtest.TestApp(_app(live.database))
     assert app.get("/read").json["read_engine"]
     read = live.database.read_engine
