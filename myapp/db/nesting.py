@@ -376,6 +376,14 @@ class Nesting:
             txn.abort()
             return
         unit.commit_started = True  # from here a lost connection is ambiguous
+        self.commit(txn)
+
+    def commit(self, txn: Any) -> None:
+        """Commit ``txn`` (its hooks run after); a commit that fails leaves it aborted, not open.
+
+        ``transaction`` keeps a transaction whose commit raised until someone
+        aborts it: every commit made by myapp aborts it at once.
+        """
         try:
             commit_transaction(txn)
         except BaseException:
@@ -414,11 +422,7 @@ class Nesting:
         if session is not None:
             join_transaction(session)
         try:
-            commit_transaction(txn)
-        except BaseException:
-            if self.manager.current is txn:
-                txn.abort()
-            raise
+            self.commit(txn)
         finally:
             unit.txn = self.manager.begin_new()
 

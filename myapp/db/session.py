@@ -45,7 +45,6 @@ from .guard import (
     restore_guard_state,
     swallowed_error,
 )
-from .hooks import commit_transaction
 from .manager import UnitManager, get_tm
 from .nesting import IMPLICIT, is_implicit, managed_error
 from .readpath import begin_read_only
@@ -217,14 +216,7 @@ class Session(_SASession):
         # Join now: changes made without any SQL yet (an attribute set on a
         # loaded object) belong to this unit of work and must be flushed.
         join_transaction(self)
-        try:
-            commit_transaction(txn)
-        except BaseException:
-            # A failed commit must not leave the transaction open (the manager
-            # keeps a failed transaction until it is aborted).
-            if manager.current is txn:
-                txn.abort()
-            raise
+        nesting.commit(txn)  # a failed commit does not leave the transaction open
         return None
 
     def rollback(self) -> None:
