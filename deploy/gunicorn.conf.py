@@ -10,7 +10,7 @@ Environment (all optional): MYAPP_BIND (default 127.0.0.1:6543), MYAPP_WORKERS
 What this file does for the unit-of-work machinery:
 
 * ``preload_app``: the application (and its engine) is built once, in the master;
-  ``post_fork`` then calls ``engine.dispose(close=False)`` in each worker, so no
+  ``post_fork`` then calls ``database.dispose(close=False)`` in each worker, so no
   worker ever uses a pooled connection inherited from the master (SQLAlchemy's
   rule for forking: the child starts with an empty pool, the parent's sockets
   are left alone);
@@ -70,9 +70,7 @@ def post_fork(server: Any, worker: Any) -> None:
     registry = getattr(app, "registry", None)
     database = registry.get("db") if registry is not None else None
     if database is not None:
-        database.engine.dispose(close=False)
-        if database.replica_engine is not None:
-            database.replica_engine.dispose(close=False)
+        database.dispose(close=False)  # the primary's, the read engine's and the replicas' pools
 
 
 def child_exit(server: Any, worker: Any) -> None:

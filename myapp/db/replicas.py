@@ -177,9 +177,9 @@ class ReplicaSet:
         """Check every replica now; their states, in configuration order."""
         return [self.check(replica) for replica in self.replicas]
 
-    def dispose(self) -> None:
+    def dispose(self, close: bool = True) -> None:
         for replica in self.replicas:
-            replica.engine.dispose()
+            replica.engine.dispose(close=close)
 
 
 def _safe_url(url: str) -> str:

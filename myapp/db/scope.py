@@ -412,12 +412,17 @@ class Database:
             raise NoScope("the current database scope belongs to another Database")
         return scope.session
 
-    def dispose(self) -> None:
-        """Close every pooled connection (at shutdown, or after forking)."""
-        self.engine.dispose()
+    def dispose(self, close: bool = True) -> None:
+        """Drop every pool: the primary's, the read engine's, the replicas'.
+
+        At shutdown (``close=True``: the pooled connections are closed), or in a
+        worker right after a fork (``close=False``: the parent's connections are
+        left to the parent, and the worker opens its own).
+        """
+        self.engine.dispose(close=close)
         if self._read_engine is not None:
-            self._read_engine.dispose()
-        self.replicas.dispose()
+            self._read_engine.dispose(close=close)
+        self.replicas.dispose(close=close)
 
 
 def _read_your_writes(session: Session) -> None:
