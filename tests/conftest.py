@@ -30,6 +30,15 @@ SLOW: dict[str, str] = {
     "tests/reliability/test_races.py": "20-way races on real connections",
     "tests/reliability/test_route_matrix.py": "every route x method x caller x body",
     "tests/reliability/test_operations.py": "real servers: HEAD, limits, smuggling, trusted hosts",
+    "tests/db/test_replicas.py": "private PostgreSQL primary and streaming replica",
+    "tests/commands/test_demo.py": "the README demo through `myapp` subprocesses",
+    "tests/commands/test_papercuts.py::test_an_unreachable_database_is_one_clean_line_in_every_"
+    "command": "every command in a subprocess against a dead database",
+    "tests/services/test_domain_commands.py::test_generate_on_a_terminal_shows_a_progress_bar": (
+        "a `myapp` subprocess on a pseudo-terminal"
+    ),
+    "tests/services/test_domain_commands.py::test_a_failing_run_says_what_was_committed_and_a_"
+    "rerun_finishes": "`myapp` subprocesses, a failing run and its rerun",
     "tests/services/test_invoicing_real.py::"
     "test_sigkill_at_random_points_then_a_rerun_invoices_each_booking_once": "kill: SIGKILL",
     "tests/toolkit/test_backends.py::test_a_killed_runs_database_is_dropped_by_the_next_run": (
