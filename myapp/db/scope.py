@@ -266,6 +266,15 @@ class Database:
                     self._read_engine_wanted = self._read_engine is not None
         return self._read_engine
 
+    def engines(self) -> list[Engine]:
+        """Every engine of this database: the primary, its read engine, the replicas'."""
+        engines = [self.engine]
+        read = self.read_engine
+        if read is not None and read is not self.engine:
+            engines.append(read)
+        engines.extend(r.engine for r in self.replicas.replicas if r.engine not in engines)
+        return engines
+
     def _make_read_engine(self) -> Engine | None:
         from .readpath import create_read_engine
 

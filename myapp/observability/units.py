@@ -260,8 +260,9 @@ def request_path(request: Request) -> str:
 def request_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Any:
     """The outermost tween: request id, one record per request, request metrics."""
     db = registry.get("db")
-    if db is not None:
-        instrument_engine(db.engine)
+    if db is not None:  # reads (GET, db_read_only) run on the read engine or a replica
+        for engine in db.engines():
+            instrument_engine(engine)
 
     def observability_tween(request: Request) -> Response:
         environ = request.environ

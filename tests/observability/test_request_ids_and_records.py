@@ -90,6 +90,15 @@ def one_record(records: Records, path: str) -> logging.LogRecord:
     return mine[0]
 
 
+def test_a_read_request_counts_the_statements_of_the_read_engine(
+    real_app: TestApp, records: Records
+) -> None:
+    """GET requests read on the read-only engine: its statements are counted too."""
+    real_app.get("/items", status=200)
+    listed = one_record(records, "/items")
+    assert listed.statements >= 1, listed.getMessage()
+
+
 def test_one_record_per_request_with_its_outcome(real_app: TestApp, records: Records) -> None:
     real_app.post("/items", status=200)
     created = one_record(records, "/items")
