@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import inspect, select
+from sqlalchemy import event, inspect, select
 
 from myapp.db import join_transaction
 from myapp.db.manager import unit_manager
@@ -231,3 +231,25 @@ def lock_waiters(
             if waiting >= at_least or done or time.monotonic() > deadline:
                 return waiting
             time.sleep(0.02)
+
+
+@contextmanager
+def count_events(target: Any, *names: str) -> Iterator[dict[str, int]]:
+    """Count SQLAlchemy events (``commit``, ``rollback``, ``release_savepoint``...) on ``target``.
+
+    Yields a dict of counts, name -> times the event fired inside the block.
+    """
+    counts = dict.fromkeys(names, 0)
+    listeners = []
+    for name in names:
+
+        def listener(*args: Any, _name: str = name) -> None:
+            counts[_name] += 1
+
+        event.listen(target, name, listener)
+        listeners.append((name, listener))
+    try:
+        yield counts
+    finally:
+        for name, listener in listeners:
+            event.remove(target, name, listener)

@@ -108,25 +108,6 @@ def writes(statements: list[str]) -> list[str]:
     return [s for s in statements if WRITE.match(s)]
 
 
-@contextmanager
-def count_events(target: Any, *names: str) -> Iterator[dict[str, int]]:
-    """Count connection events (``commit``, ``release_savepoint``, ...) on ``target``."""
-    counts = dict.fromkeys(names, 0)
-    listeners = []
-    for name in names:
-
-        def listener(*args: Any, _name: str = name) -> None:
-            counts[_name] += 1
-
-        event.listen(target, name, listener)
-        listeners.append((name, listener))
-    try:
-        yield counts
-    finally:
-        for name, listener in listeners:
-            event.remove(target, name, listener)
-
-
 def event_ids(session: Any) -> set[str]:
     """Event ids the session's transaction sees (a fresh query)."""
     return set(session.scalars(select(Event.id)))

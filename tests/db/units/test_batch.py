@@ -17,8 +17,9 @@ from myapp.db import (
     db_transaction,
 )
 from myapp.models import Event, Item
+from myapp.testing.helpers import count_events
 
-from .conftest import count_events, make_app
+from .conftest import make_app
 
 
 class Boom(Exception):

@@ -27,8 +27,9 @@ from myapp.db import (
     savepoint,
 )
 from myapp.models import Event, Item
+from myapp.testing.helpers import count_events
 
-from .conftest import count_events, event_ids
+from .conftest import event_ids
 
 
 def add(event_id: str, title: str = "t") -> Event:

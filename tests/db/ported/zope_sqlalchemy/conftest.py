@@ -37,13 +37,12 @@ tests call ``transaction.begin()``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import transaction
-from sqlalchemy import event, orm
+from sqlalchemy import orm
 from sqlalchemy.engine import Engine
 
 from myapp.db import create_engine_for, get_tm, make_session_factory
@@ -295,22 +294,3 @@ def zs(zs_tables: str) -> Iterator[ZS]:
                 engine.dispose()
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
-
-
-@contextmanager
-def count_events(target: Any, *names: str) -> Iterator[dict[str, int]]:
-    """Count engine/connection events (``commit``, ``rollback``, ...) on ``target``."""
-    counts = dict.fromkeys(names, 0)
-    listeners = []
-    for name in names:
-
-        def listener(*args: Any, _name: str = name) -> None:
-            counts[_name] += 1
-
-        event.listen(target, name, listener)
-        listeners.append((name, listener))
-    try:
-        yield counts
-    finally:
-        for name, listener in listeners:
-            event.remove(target, name, listener)

@@ -33,7 +33,9 @@ from transaction.interfaces import NoTransaction
 from zope.sqlalchemy import datamanager as zdm
 from zope.sqlalchemy import register
 
-from .conftest import ZS, Recorder, User, count_events, test_users
+from myapp.testing.helpers import count_events
+
+from .conftest import ZS, Recorder, User, test_users
 
 
 class Plain:

@@ -67,7 +67,7 @@ from myapp.db import (
     make_session_factory,
     mark_changed,
 )
-from myapp.testing.helpers import lock_waiters
+from myapp.testing.helpers import count_events, lock_waiters
 
 from .conftest import (
     ZS,
@@ -76,7 +76,6 @@ from .conftest import (
     Skill,
     User,
     abort_open_transaction,
-    count_events,
     test_users,
 )
 
