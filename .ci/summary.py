@@ -38,6 +38,16 @@ def outcome(case: ET.Element) -> str:
     return "passed"
 
 
+def explain(case: ET.Element, lines: int = 12) -> str:
+    """The failure's message and its last ``E`` lines (the whole exception chain's ends)."""
+    element = next(c for c in case if c.tag in ("failure", "error"))
+    text = element.text or ""
+    errors = [line for line in text.splitlines() if line.startswith("E ")]
+    message = (element.get("message") or "").splitlines()[:3]
+    shown = [*message, *errors[-lines:]]
+    return "".join(f"\n      {line[:300]}" for line in shown)
+
+
 def node_id(case: ET.Element) -> str:
     classname = case.get("classname", "")
     return f"{classname.replace('.', '/')}.py::{case.get('name', '')}" if classname else ""
@@ -70,7 +80,7 @@ def main(argv: list[str]) -> int:
                     message = next(iter(case)).get("message", "")
                     problems.append(f"{leg}: skipped without being allowed: {nid} ({message})")
             elif result in ("failure", "error"):
-                problems.append(f"{leg}: {result}: {node_id(case)}")
+                problems.append(f"{leg}: {result}: {node_id(case)}{explain(case)}")
         for backend in sorted(counts):
             c = counts[backend]
             print(
