@@ -37,8 +37,11 @@ It is waitress (``waitress.create_server``) with three changes:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
+import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -97,6 +100,103 @@ def _accept_backlog(listener: BaseWSGIServer) -> int:
         )
         accepted += 1
     return accepted
+
+
+# -- stopping a listening socket without resetting a connection the kernel accepted --------
+#
+# Closing a listening socket resets (RST) every connection in its accept queue: the kernel
+# completed their handshakes, their clients have sent their requests, and no process will
+# read them. Taking the queue first and then closing leaves a window (a handshake completing
+# between the last accept() and close()); with several processes sharing one socket (gunicorn)
+# the window lasts as long as the slowest of them. So: first tell the kernel to start no new
+# handshake (a socket filter dropping every incoming SYN, Linux), then take the queue, a
+# little longer than a handshake in flight needs, then close. A client whose SYN was dropped
+# sends it again one second later (TCP's initial retransmission timeout) and is refused then:
+# it knows its request was never received, and may send it elsewhere.
+
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+#: seconds a stopping listener keeps taking connections whose handshake began before the stop
+HANDSHAKE_LINGER = 0.2
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+#: classic BPF, run by the kernel on a TCP socket's packets from the TCP header on: drop a
+#: packet whose flags are SYN without ACK (a new handshake), keep every other one (the last
+#: ACK of a handshake already begun, and data)
+_DROP_SYN = (
+    (0x30, 0, 0, 13),  # ldb [13]          the flags byte of the TCP header
+    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+    (0x15, 0, 1, 0x02),  # jeq #SYN, drop, keep
+    (0x06, 0, 0, 0),  # drop: ret #0
+    (0x06, 0, 0, 0xFFFFFFFF),  # keep: ret #-1 (the whole packet)
+)
+
+
+def refuse_new_handshakes(sock: socket.socket) -> bool:
+    """Make the kernel drop every new connection attempt to the listening ``sock``.
+
+    Connections already in its accept queue (or whose handshake is completing) are not
+    touched. Affects every process sharing the socket. Returns False where it cannot be
+    done (not Linux, not TCP): closing then resets what arrives in the window.
+    """
+    if not sys.platform.startswith("linux") or sock.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+    ):
+        return False
+    program = (_SockFilter * len(_DROP_SYN))(*(_SockFilter(*i) for i in _DROP_SYN))
+    fprog = _SockFprog(len(_DROP_SYN), program)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+    except OSError:
+        log.warning("could not attach the SYN filter to %s", sock, exc_info=True)
+        return False
+    return True
+
+
+def take_queue(
+    sock: socket.socket,
+    take: Callable[[socket.socket, Any], None],
+    linger: float = HANDSHAKE_LINGER,
+) -> int:
+    """Accept the connections waiting on the listening ``sock`` for ``linger`` seconds.
+
+    ``take(connection, address)`` serves each. ``sock`` should refuse new handshakes
+    (:func:`refuse_new_handshakes`) so that the queue only empties. Returns how many
+    were taken; the caller closes ``sock`` afterwards.
+    """
+    blocking = sock.getblocking()
+    sock.setblocking(False)
+    taken = 0
+    deadline = time.monotonic() + linger
+    try:
+        while True:
+            try:
+                connection, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+                continue
+            except ConnectionAbortedError:
+                continue
+            take(connection, address)
+            taken += 1
+    finally:
+        sock.setblocking(blocking)
+    return taken
 
 
 def _idle(channel: HTTPChannel) -> bool:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
-if TYPE_CHECKING:
-    from .registry import Command
+
+class NamedCommand(Protocol):
+    """The command being run, as the context knows it (a :class:`~myapp.commands.Command`).
+
+    Typed structurally so that this module imports nothing of the registry, which imports
+    it (``Command.handle`` receives a :class:`CommandContext`).
+    """
+
+    name: str
 
 
 class CommandContext:
@@ -22,7 +29,7 @@ class CommandContext:
         self,
         env: dict[str, Any],
         *,
-        command: Command,
+        command: NamedCommand,
         config_uri: str,
         config_file: str,
         verbose: bool = False,

@@ -6,6 +6,7 @@ Each test runs the real console script in a subprocess, as the user would.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -146,3 +147,19 @@ def test_initdb_says_what_to_run_when_it_cannot_create_the_database(cli: Cli) ->
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()
+
+
+def test_the_docs_speak_to_users_not_of_the_projects_history() -> None:
+    """README.md and docs/ name what they mean ("`benchmarks/flask_items.py`'s Flask app"), not the
+    project's history ("seed 004's Flask app"); ``--seed 42`` and ``seed 42:`` (the demo
+    command's option and output) are not history."""
+    root = Path(__file__).resolve().parents[2]
+    history = re.compile(r"\bseeds? 0\d\d\b|\bseed 0\d\d's\b", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if history.search(line)
+    ]
+    assert len(list((root / "docs").rglob("*.md"))) >= 5  # the docs are really read
+    assert found == []

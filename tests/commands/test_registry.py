@@ -7,12 +7,15 @@ both backends; one test runs a plug-in script as a real subprocess.
 
 from __future__ import annotations
 
+import ast
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import myapp.commands
 from myapp.commands import Command, CommandError, CommandRegistry, main
 from myapp.db import current_session, db_batch_operation, is_in_transaction
 from myapp.models import Item
@@ -225,3 +228,64 @@ def test_a_plugin_command_runs_in_its_unit_of_work(
     assert ran.returncode == 0, ran
     assert ran.stdout == "hello world\n"
     assert migrated_cli.item_names() == ["world"]
+
+
+def _imports_within(package: Path) -> dict[str, set[str]]:
+    """Module -> the sibling modules it imports, anywhere in its source (``TYPE_CHECKING``
+    blocks and imports inside functions included)."""
+    names = {path.stem for path in package.glob("*.py")}
+    dotted = "myapp." + package.name
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y
+                modules = [f"{dotted}.{node.module or ''}"]
+                if not node.module:  # from . import x
+                    modules = [f"{dotted}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module == dotted:
+                modules = [f"{dotted}.{a.name}" for a in node.names] + [f"{dotted}.__init__"]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module or ""]
+            else:
+                continue
+            found.update(m.split(".")[2] for m in modules if m.startswith(dotted + "."))
+        graph[path.stem] = (found & names) - {path.stem}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (its modules in order), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == 1:
+                return [*path[path.index(imported) :], imported]
+            if imported not in state and (found := visit(imported)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_the_command_modules_import_each_other_without_a_cycle() -> None:
+    """One job per module: the context, the registry, the runner and the errors form a
+    hierarchy (``context`` and ``errors`` import no sibling; ``registry`` imports them;
+    ``runner`` imports the three), type-checking imports included."""
+    graph = _imports_within(Path(myapp.commands.__file__).parent)
+    assert {"context", "errors"} <= graph["registry"]  # the graph is really read
+    assert {"context", "errors", "registry"} <= graph["runner"]
+    assert graph["context"] == set() and graph["errors"] == set()
+    assert _cycle(graph) is None, _cycle(graph)
+    assert _cycle({**graph, "context": {"registry"}}) == ["context", "registry", "context"]

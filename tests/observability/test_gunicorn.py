@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from myapp.services.tokens import hash_token, new_token
+from myapp.testing.helpers import lock_waiters
 from myapp.testing.plugin import PostgresTestDatabase, run_migrations
 from myapp.testing.server import free_port
 
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 POOL_SIZE, MAX_OVERFLOW = 3, 2  # small on purpose: the bound is what is checked
 WORKERS = 2
+CLIENTS = 24  # of the stop test: half on keep-alive connections
+BURST = 40  # new connections around the SIGTERM, one POST each
 
 
 def worker_pids(master: int) -> list[int]:
@@ -143,7 +146,7 @@ def gunicorn(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> An
 
 
 @pytest.mark.postgresql_only  # the deployment recipe is tested on PostgreSQL
-def test_two_workers_serve_mixed_requests_within_their_pools_and_stop_gracefully(
+def test_two_workers_serve_mixed_requests_within_their_pools(
     gunicorn: dict[str, Any],
 ) -> None:
     port, admin, process = gunicorn["port"], gunicorn["admin"], gunicorn["process"]
@@ -215,34 +218,161 @@ def test_two_workers_serve_mixed_requests_within_their_pools_and_stop_gracefully
     pids = {name.rsplit("_", 1)[1].split(".")[0] for name in os.listdir(gunicorn["metrics_dir"])}
     assert len(pids & {str(pid) for pid in peak}) == WORKERS  # both workers served requests
 
-    # graceful stop: SIGTERM in the middle of a burst. Every request is answered, or refused
-    # at the connection level with no effect (so a client may safely send it again): gunicorn
-    # closes its listening socket at once, and connections still waiting to be read are reset.
-    # docs/deployment.md: drain first (fail readiness, wait), then SIGTERM.
-    burst: list[int | str] = []
 
-    def client_in_burst() -> None:
+class Outcomes:
+    """What the clients of the stop test saw; a request is *lost* when it was sent (the
+    connection was established) and no response came back."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.statuses: Counter[int] = Counter()
+        self.posted = 0  # POST /items answered 200
+        self.in_flight = 0  # sent, not yet answered
+        self.in_flight_at_sigterm = 0
+        self.sent_after_sigterm = 0
+        self.answered_after_sigterm = 0
+        self.refused: list[str] = []  # connection refused: nothing was sent (the client is done)
+        self.lost: list[str] = []  # sent, then the connection reset or closed with no response
+        self.cut_off: list[str] = []  # the response began and did not finish
+        self.sigterm = False
+
+    def report(self) -> str:
+        return (
+            f"in flight at SIGTERM {self.in_flight_at_sigterm}, sent after it "
+            f"{self.sent_after_sigterm}, answered after it {self.answered_after_sigterm}, lost "
+            f"{len(self.lost)}, cut off {len(self.cut_off)}, clients refused "
+            f"{len(self.refused)}; statuses {dict(self.statuses)}, POST 200 {self.posted}"
+        )
+
+
+def stop_client(
+    port: int, keep_alive: bool, outcomes: Outcomes, stop: threading.Event, once: bool = False
+) -> None:
+    """POST /items and GET /items alternately until the server refuses the connection.
+
+    A keep-alive client reuses its connection until a response says ``Connection: close``;
+    the others open a new connection for every request (new arrivals during the stop).
+    ``once``: one ``POST /items`` on a new connection, then the client is done.
+    """
+    connection: http.client.HTTPConnection | None = None
+    n = 0
+    while not stop.is_set() and not (once and n):
+        method, path = ("POST", "/items") if n % 2 == 0 else ("GET", "/items?per_page=5")
+        n += 1
+        if connection is None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            try:
+                connection.connect()
+            except ConnectionRefusedError as exc:
+                with outcomes.lock:
+                    outcomes.refused.append(repr(exc))
+                return  # nothing listens any more: this client is done
+        with outcomes.lock:
+            outcomes.in_flight += 1
+            outcomes.sent_after_sigterm += outcomes.sigterm
         try:
-            burst.append(call(port, "POST", "/items"))
-        except ConnectionRefusedError:
-            burst.append("refused")  # after the listener closed
-        except (ConnectionResetError, http.client.RemoteDisconnected):
-            burst.append("reset")  # accepted by the kernel, never read by a worker
-        except Exception as exc:
-            burst.append(repr(exc))
+            connection.request(method, path)
+            response = connection.getresponse()
+        except (http.client.HTTPException, OSError) as exc:  # reset, closed, timed out
+            with outcomes.lock:
+                outcomes.in_flight -= 1
+                outcomes.lost.append(f"{method} {path}: {exc!r}")
+            connection.close()
+            connection = None
+            continue
+        try:
+            response.read()
+        except (http.client.HTTPException, OSError) as exc:
+            with outcomes.lock:
+                outcomes.in_flight -= 1
+                outcomes.cut_off.append(f"{method} {path}: {exc!r}")
+            connection.close()
+            connection = None
+            continue
+        with outcomes.lock:
+            outcomes.in_flight -= 1
+            outcomes.statuses[response.status] += 1
+            outcomes.posted += method == "POST" and response.status == 200
+            outcomes.answered_after_sigterm += outcomes.sigterm
+        if response.will_close or not keep_alive:
+            connection.close()
+            connection = None
 
-    threads = [threading.Thread(target=client_in_burst) for _ in range(40)]
-    for n, thread in enumerate(threads):
-        thread.start()
-        if n == 20:
-            process.send_signal(signal.SIGTERM)
-    for thread in threads:
-        thread.join()
-    assert process.wait(timeout=60) == 0, gunicorn["log"].read_text()
-    outcomes = Counter(burst)
-    print("graceful stop, 40 POSTs, SIGTERM after the 21st started:", dict(outcomes))
-    assert set(outcomes) <= {200, "refused", "reset"}, outcomes
-    with gunicorn["engine"].connect() as conn:
-        stored = conn.scalar(text("SELECT count(*) FROM items"))
-    # every answered POST committed, and a refused or reset one did nothing
-    assert stored == 60 + outcomes[200]
+
+@pytest.mark.postgresql_only  # the deployment recipe is tested on PostgreSQL
+def test_sigterm_under_load_loses_no_request(gunicorn: dict[str, Any]) -> None:
+    """SIGTERM while requests wait inside their unit of work and clients keep connecting.
+
+    A connection of the test locks the ``items`` table, so every ``POST /items`` blocks at
+    its INSERT until the 8 worker threads (2 workers x 4) wait there; 24 clients (12 on
+    keep-alive connections, 12 opening a connection per request) keep sending meanwhile,
+    and a burst of 40 new connections (one POST each) starts, the real SIGTERM to the
+    gunicorn master sent halfway through it; the lock is held 1.5 s more: clients go on
+    connecting while the workers drain. Then every request whose connection was
+    established is answered (none reset, none closed unanswered), its unit of work
+    committed exactly when it answered 200, each client ends on a refused connection
+    (nothing listens any more), and gunicorn exits 0.
+    """
+    port, process, engine = gunicorn["port"], gunicorn["process"], gunicorn["engine"]
+    outcomes = Outcomes()
+    stop = threading.Event()
+    clients = [
+        threading.Thread(target=stop_client, args=(port, n % 2 == 0, outcomes, stop))
+        for n in range(CLIENTS)
+    ]
+    burst: list[threading.Thread] = []
+    holder = engine.connect()
+    try:
+        for thread in clients:
+            thread.start()
+        time.sleep(1.0)  # load running
+        holder.begin()
+        holder.execute(text("LOCK TABLE items IN EXCLUSIVE MODE"))
+        # 8 threads in all; which worker accepts a connection is up to the kernel, so
+        # one worker may hold most of the waiting clients: at least 6 is enough
+        waiting = lock_waiters(engine, "INSERT INTO items%", at_least=8, timeout=15)
+        assert waiting >= 6, f"only {waiting} requests wait on the lock"
+        # a burst of new connections, one POST each, half of them started after the SIGTERM
+        burst = [
+            threading.Thread(target=stop_client, args=(port, False, outcomes, stop, True))
+            for _ in range(BURST)
+        ]
+        for thread in burst[: BURST // 2]:
+            thread.start()
+        with outcomes.lock:
+            outcomes.in_flight_at_sigterm = outcomes.in_flight
+            outcomes.sigterm = True
+        process.send_signal(signal.SIGTERM)
+        for thread in burst[BURST // 2 :]:
+            thread.start()
+        time.sleep(1.5)  # clients keep connecting while the workers drain
+        assert process.poll() is None, "gunicorn exited with requests waiting"
+        holder.rollback()  # the waiting units of work go on
+        exit_code = process.wait(timeout=40)
+    finally:
+        holder.close()
+        clients += burst
+        if not outcomes.sigterm:
+            stop.set()  # failed before the stop: end the clients now
+        for thread in clients:
+            thread.join(timeout=10)  # each ends on its refused connection
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=70)
+    with engine.connect() as conn:
+        rows = conn.scalar(text("SELECT count(*) FROM items"))
+        unnamed = conn.scalar(text("SELECT count(*) FROM items WHERE name IS NULL"))
+    log = gunicorn["log"].read_text()
+    report = outcomes.report() + f"; items {rows}; exit {exit_code}"
+    print("gunicorn, SIGTERM under load:", report)
+    assert outcomes.lost == [], (report, outcomes.lost[:5])
+    assert outcomes.cut_off == [], (report, outcomes.cut_off[:5])
+    assert set(outcomes.statuses) == {200}, report
+    assert rows == outcomes.posted and unnamed == 0, report  # committed exactly when answered
+    assert exit_code == 0, log[-3000:]
+    assert outcomes.in_flight_at_sigterm >= waiting, report
+    assert outcomes.answered_after_sigterm >= outcomes.in_flight_at_sigterm, report
+    assert not any(thread.is_alive() for thread in clients)
+    # every lasting client ended on a refused connection: nothing listens any more
+    assert len(outcomes.refused) >= CLIENTS, report
+    assert "Traceback" not in log, log[-3000:]
