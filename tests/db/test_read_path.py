@@ -8,6 +8,7 @@ code path, which the ``db`` fixture's single test connection bypasses.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -281,13 +282,16 @@ def test_a_read_after_the_database_dropped_its_connections_is_replayed(live: Liv
     assert read.pool.checkedin() == 1
     with live.engine.connect() as conn:  # the server drops it (as a restart does)
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        conn.execute(
-            text(
-                f"DO $$ BEGIN WHILE EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {int(pid)}) "
-                "LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"
-            )
-        )
         conn.commit()
+        # pg_stat_activity is a snapshot per transaction: poll in fresh ones, bounded
+        deadline = time.monotonic() + 30
+        while conn.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ):
+            conn.rollback()
+            assert time.monotonic() < deadline, f"backend {pid} still there 30 s after termination"
+            time.sleep(0.01)
+        conn.rollback()
     response = app.get("/read")
     assert response.status_int == 200 and response.json["read_engine"]
     assert read.pool.checkedout() == 0
