@@ -1,0 +1,223 @@
+"""Units of work across two PostgreSQL databases: one phase for one database, two for two.
+
+Real servers (a private cluster with ``max_prepared_transactions > 0``), real
+commits, checked from other connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
+
+from myapp.db import (
+    Database,
+    NestedTransactionError,
+    current_session,
+    db_read_only,
+    db_transaction,
+    on_commit,
+    savepoint,
+)
+from myapp.db.settings import DatabaseConfigError
+
+from .conftest import Pair
+
+
+def _insert(name: str | None, id_: int, note: str = "x", table: str = "entries") -> None:
+    current_session(name).execute(
+        text(f"INSERT INTO {table} VALUES (:id{', :note' if table == 'entries' else ''})"),
+        {"id": id_, "note": note},
+    )
+
+
+class Statements:
+    """The SQL statements each database's engine sent (a listener on both engines)."""
+
+    def __init__(self, db: Database) -> None:
+        self.sent: dict[str, list[str]] = {}
+        for database in (db, *db.databases.values()):
+            sent = self.sent.setdefault(database.name, [])
+
+            def listen(*args: Any, sent: list[str] = sent) -> None:
+                sent.append(args[2].split()[0].upper())
+
+            event.listen(database.engine, "before_cursor_execute", listen)
+
+    def of(self, name: str) -> list[str]:
+        return self.sent[name]
+
+
+@pytest.fixture
+def db(pair: Pair) -> Any:
+    database = pair.database()
+    yield database
+    database.dispose()
+
+
+def test_a_unit_writing_to_both_databases_commits_in_both_with_two_phase_commit(
+    pair: Pair, db: Database
+) -> None:
+    statements = Statements(db)
+    with db.scope():
+        with db_transaction():
+            _insert(None, 1, "main")
+            _insert("ledger", 1, "ledger")
+    assert pair.rows("main") == [(1, "main")]
+    assert pair.rows("ledger") == [(1, "ledger")]
+    assert statements.of("main") == ["INSERT", "PREPARE"]
+    assert statements.of("ledger") == ["INSERT", "PREPARE"]
+    assert pair.prepared() == []
+    assert [outcome for _txid, outcome in pair.decisions()] == ["commit"]
+
+
+def test_a_unit_writing_to_one_database_commits_in_one_phase_as_before(
+    pair: Pair, db: Database
+) -> None:
+    statements = Statements(db)
+    with db.scope():
+        with db_transaction():
+            _insert(None, 1)
+        with db_transaction():  # reads the ledger, writes the main database only
+            current_session("ledger").execute(text("SELECT count(*) FROM entries")).scalar()
+            _insert(None, 2)
+        with db_transaction():
+            _insert("ledger", 3)
+    assert statements.of("main") == ["INSERT", "INSERT"]
+    assert statements.of("ledger") == ["SELECT", "INSERT"]
+    assert pair.rows("main") == [(1, "x"), (2, "x")]
+    assert pair.rows("ledger") == [(3, "x")]
+    assert pair.decisions() == []  # no decision record, no table even
+
+
+def test_an_exception_rolls_back_both_databases(pair: Pair, db: Database) -> None:
+    with db.scope(), pytest.raises(RuntimeError), db_transaction():
+        _insert(None, 1)
+        _insert("ledger", 1)
+        raise RuntimeError("boom")
+    assert pair.rows("main") == [] and pair.rows("ledger") == []
+    assert pair.prepared() == []
+
+
+@pytest.mark.parametrize("failing", ["main", "ledger"])
+def test_a_failing_prepare_rolls_back_the_other_prepared_database(
+    pair: Pair, db: Database, failing: str
+) -> None:
+    with db.scope():
+        with pytest.raises(IntegrityError, match="checked_unique"), db_transaction():
+            _insert(None, 1)
+            _insert("ledger", 1)
+            # a deferred unique constraint is checked by PREPARE TRANSACTION
+            _insert(None if failing == "main" else "ledger", 7, table="checked")
+            _insert(None if failing == "main" else "ledger", 7, table="checked")
+    assert pair.rows("main") == [] and pair.rows("ledger") == []
+    assert pair.prepared() == []
+    assert pair.decisions() == []
+    with db.scope(), db_transaction():  # the sessions are usable again
+        _insert(None, 2)
+        _insert("ledger", 2)
+    assert pair.rows("main") == [(2, "x")] and pair.rows("ledger") == [(2, "x")]
+
+
+def test_savepoints_span_both_databases(pair: Pair, db: Database) -> None:
+    with db.scope(), db_transaction():
+        _insert(None, 1)
+        _insert("ledger", 1)
+        with pytest.raises(RuntimeError), savepoint():
+            _insert(None, 2)
+            _insert("ledger", 2)
+            raise RuntimeError("only the savepoint rolls back")
+        with db_transaction():  # nested: a savepoint, released
+            _insert("ledger", 3)
+    assert pair.rows("main") == [(1, "x")]
+    assert pair.rows("ledger") == [(1, "x"), (3, "x")]
+
+
+def test_a_database_first_used_inside_a_rolled_back_savepoint_is_rolled_back(
+    pair: Pair, db: Database
+) -> None:
+    with db.scope(), db_transaction():
+        _insert(None, 1)
+        with pytest.raises(RuntimeError), savepoint():
+            _insert("ledger", 1)
+            raise RuntimeError("the ledger's whole transaction began in the savepoint")
+        _insert("ledger", 2)  # joins again: still two databases, still two phases
+    assert pair.rows("main") == [(1, "x")]
+    assert pair.rows("ledger") == [(2, "x")]
+    assert [o for _t, o in pair.decisions()] == ["commit"]
+
+
+def test_on_commit_hooks_run_after_both_databases_committed(pair: Pair, db: Database) -> None:
+    seen: list[Any] = []
+    with db.scope(), db_transaction():
+        _insert(None, 1)
+        _insert("ledger", 1)
+        on_commit(lambda: seen.append((pair.rows("main"), pair.rows("ledger"), pair.prepared())))
+    assert seen == [([(1, "x")], [(1, "x")], [])]
+
+
+def test_no_hook_runs_when_the_two_phase_commit_fails(pair: Pair, db: Database) -> None:
+    seen: list[str] = []
+    with db.scope(), pytest.raises(IntegrityError), db_transaction():
+        _insert(None, 1)
+        _insert("ledger", 1)
+        _insert("ledger", 7, table="checked")
+        _insert("ledger", 7, table="checked")
+        on_commit(lambda: seen.append("ran"))
+    assert seen == []
+
+
+def test_durable_units_and_read_only_units_keep_their_meaning(pair: Pair, db: Database) -> None:
+    with db.scope():
+        with db_transaction(durable=True):
+            _insert(None, 1)
+            _insert("ledger", 1)
+        with db_transaction(), pytest.raises(NestedTransactionError), db_transaction(durable=True):
+            pass
+        with db_read_only():
+            assert current_session("ledger").execute(text("SELECT count(*) FROM entries")).scalar()
+            with pytest.raises(Exception, match=r"read-only|read only"):
+                _insert("ledger", 2)
+    assert pair.rows("main") == [(1, "x")] and pair.rows("ledger") == [(1, "x")]
+
+
+def test_a_serialization_failure_is_retried_across_both_databases(pair: Pair, db: Database) -> None:
+    attempts: list[int] = []
+
+    @db_transaction(attempts=3)
+    def unit() -> None:
+        attempts.append(1)
+        _insert(None, len(attempts))
+        _insert("ledger", len(attempts))
+        if len(attempts) == 1:  # what PostgreSQL raises under SERIALIZABLE
+            current_session().execute(
+                text(
+                    "DO $$ BEGIN RAISE EXCEPTION 'conflict' "
+                    "USING ERRCODE = 'serialization_failure'; END $$"
+                )
+            )
+
+    with db.scope():
+        unit()
+    assert len(attempts) == 2
+    assert pair.rows("main") == [(2, "x")] and pair.rows("ledger") == [(2, "x")]
+    assert pair.prepared() == []
+
+
+def test_sqlite_next_to_another_database_is_refused_at_configuration() -> None:
+    with pytest.raises(DatabaseConfigError, match="needs PostgreSQL for every database"):
+        Database.from_url("sqlite://", databases={"ledger": "sqlite://"})
+
+
+def test_sqlite_main_and_postgresql_ledger_are_refused(pair: Pair) -> None:
+    with pytest.raises(DatabaseConfigError, match="SQLite has no prepared transactions"):
+        Database.from_url("sqlite://", databases={"ledger": pair.ledger_url})
+
+
+def test_an_unknown_database_name_is_a_clear_error(db: Database) -> None:
+    from myapp.db import NoScope
+
+    with db.scope(), pytest.raises(NoScope, match=r"no database named 'ledgr'.*main, ledger"):
+        current_session("ledgr")
