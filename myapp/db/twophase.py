@@ -352,6 +352,7 @@ class Coordinator:
         """``COMMIT PREPARED`` ``dm``'s transaction; a failure leaves it to recovery."""
         try:
             execute_outside_block(dm.prepared_raw, f"COMMIT PREPARED '{dm.gid}'")
+            log.debug("committed prepared %s", dm.gid)
         except psycopg.Error as exc:
             log.error(
                 "COMMIT PREPARED %s failed (%s): the decision is commit; 'myapp recover' "
@@ -386,6 +387,7 @@ def prepare(dm: Any, connection: Connection) -> None:
     """``PREPARE TRANSACTION`` the session of ``dm`` (through SQLAlchemy: errors are wrapped)."""
     connection.exec_driver_sql(f"PREPARE TRANSACTION '{dm.gid}'")
     dm.prepared_raw = _raw(connection)
+    log.debug("prepared %s", dm.gid)
 
 
 def _engine_key(engine: Engine) -> str:
@@ -439,7 +441,7 @@ def _databases(root: Database) -> list[tuple[str, Engine]]:
 
 _LIST = (
     "SELECT gid, EXTRACT(EPOCH FROM now() - prepared)::float8 FROM pg_prepared_xacts "
-    "WHERE database = current_database() AND gid LIKE 'myapp-2pc:%' ORDER BY prepared"
+    "WHERE database = current_database() AND starts_with(gid, 'myapp-2pc:') ORDER BY prepared"
 )
 
 
