@@ -42,9 +42,9 @@ class StopAt(logging.Handler):
                 stop(self.point)
             if self.point == "after-both-prepares" and self.prepared == 2:
                 stop(self.point)
-        elif " decided: commit" in message and self.point == "after-decision":
-            stop(self.point)
-        elif message.startswith("committed prepared ") and self.point == "after-first-commit":
+        elif (" decided: commit" in message and self.point == "after-decision") or (
+            message.startswith("committed prepared ") and self.point == "after-first-commit"
+        ):
             stop(self.point)
 
 
