@@ -303,6 +303,11 @@ class Database:
         self.databases[name] = database
         return database
 
+    def has_database(self, name: str) -> bool:
+        """Is a database called ``name`` configured (``"main"`` always is)?"""
+        root = self.parent or self
+        return name == MAIN or name in root.databases
+
     def database(self, name: str | None = None) -> Database:
         """The database called ``name`` (None or ``"main"``: the main one); ``NoScope`` if none."""
         root = self.parent or self

@@ -21,7 +21,6 @@ from myapp.db import (
     on_commit,
     savepoint,
 )
-from myapp.db.settings import DatabaseConfigError
 
 from .conftest import Pair
 
@@ -204,16 +203,6 @@ def test_a_serialization_failure_is_retried_across_both_databases(pair: Pair, db
     assert len(attempts) == 2
     assert pair.rows("main") == [(2, "x")] and pair.rows("ledger") == [(2, "x")]
     assert pair.prepared() == []
-
-
-def test_sqlite_next_to_another_database_is_refused_at_configuration() -> None:
-    with pytest.raises(DatabaseConfigError, match="needs PostgreSQL for every database"):
-        Database.from_url("sqlite://", databases={"ledger": "sqlite://"})
-
-
-def test_sqlite_main_and_postgresql_ledger_are_refused(pair: Pair) -> None:
-    with pytest.raises(DatabaseConfigError, match="SQLite has no prepared transactions"):
-        Database.from_url("sqlite://", databases={"ledger": pair.ledger_url})
 
 
 def test_an_unknown_database_name_is_a_clear_error(db: Database) -> None:
