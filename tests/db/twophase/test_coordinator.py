@@ -210,3 +210,46 @@ def test_an_unknown_database_name_is_a_clear_error(db: Database) -> None:
 
     with db.scope(), pytest.raises(NoScope, match=r"no database named 'ledgr'.*main, ledger"):
         current_session("ledgr")
+
+
+def _app(database: Database) -> Any:
+    from pyramid.config import Configurator
+
+    config = Configurator(settings={"myapp.database": database, "retry.attempts": 3})
+    config.include("myapp.db.pyramid")
+
+    def write(request: Any) -> dict[str, Any]:
+        id_ = int(request.matchdict["id"])
+        _insert(None, id_)
+        _insert("ledger", id_)
+        if request.params.get("fail"):
+            raise RuntimeError("the view fails after writing to both")
+        return {"ok": True}
+
+    def read(request: Any) -> dict[str, Any]:
+        sessions = (current_session(), current_session("ledger"))
+        counts = [s.execute(text("SELECT count(*) FROM entries")).scalar() for s in sessions]
+        return {"counts": counts}
+
+    config.add_route("entry", "/entries/{id}")
+    config.add_view(write, route_name="entry", request_method="POST", renderer="json")
+    config.add_view(read, route_name="entry", request_method="GET", renderer="json")
+    return config.make_wsgi_app()
+
+
+def test_a_request_writing_to_both_databases_commits_in_both_or_neither(
+    pair: Pair, db: Database
+) -> None:
+    import webtest
+
+    app = webtest.TestApp(_app(db))
+    statements = Statements(db)
+    app.post("/entries/1")
+    assert statements.of("ledger")[-1] == "PREPARE"
+    with pytest.raises(RuntimeError):
+        app.post("/entries/2?fail=1")
+    assert app.get("/entries/0").json == {"counts": [1, 1]}  # GET: both read-only sessions
+    assert pair.rows("main") == [(1, "x")] and pair.rows("ledger") == [(1, "x")]
+    assert pair.prepared() == []
+    assert db.engine.pool.checkedout() == 0
+    assert db.database("ledger").engine.pool.checkedout() == 0
