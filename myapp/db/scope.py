@@ -298,6 +298,9 @@ class Database:
                 + ("the name is taken" if self.parent is None else "add it to the main database")
             )
         check_backends(self.engine, name, database.engine)
+        # one maintenance switch for every database: db.maintenance.on() covers them all
+        database.maintenance = self.maintenance
+        database.session_factory.kw["info"][MAINTENANCE] = self.maintenance
         database.name = name
         database.parent = self
         self.databases[name] = database

@@ -30,6 +30,11 @@ environment variable (same format; empty means none); the older single
 default 5), ``sqlalchemy.replica_check_interval`` (seconds, default 2) and
 ``sqlalchemy.read_your_writes`` (seconds a client that wrote reads from the primary,
 default 10).
+
+More than one database (docs/multiple-databases.md): ``myapp.databases`` names them
+(``MYAPP_DATABASES`` wins; empty: none); database ``NAME``'s URL is
+``<NAME>_DATABASE_URL``, else ``database.<name>.url``, and its pool options are
+``database.<name>.pool_size`` etc. (the profile's defaults otherwise).
 """
 
 from __future__ import annotations

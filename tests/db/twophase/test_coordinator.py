@@ -253,3 +253,17 @@ def test_a_request_writing_to_both_databases_commits_in_both_or_neither(
     assert pair.prepared() == []
     assert db.engine.pool.checkedout() == 0
     assert db.database("ledger").engine.pool.checkedout() == 0
+
+
+def test_the_maintenance_switch_covers_every_database(pair: Pair, db: Database) -> None:
+    from myapp.db import MaintenanceMode
+
+    db.maintenance.on = True
+    try:
+        with db.scope(), pytest.raises(MaintenanceMode), db_transaction():
+            _insert("ledger", 1)
+    finally:
+        db.maintenance.on = False
+    with db.scope(), db_transaction():
+        _insert("ledger", 1)
+    assert pair.rows("ledger") == [(1, "x")]
