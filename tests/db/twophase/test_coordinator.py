@@ -267,3 +267,32 @@ def test_the_maintenance_switch_covers_every_database(pair: Pair, db: Database) 
     with db.scope(), db_transaction():
         _insert("ledger", 1)
     assert pair.rows("ledger") == [(1, "x")]
+
+
+def test_two_phase_commit_without_the_pipelined_begin(pair: Pair) -> None:
+    from myapp.db import create_engine_for
+
+    db = Database(create_engine_for(pair.main_url, pipeline_begin=False))
+    db.add_database("ledger", Database(create_engine_for(pair.ledger_url, pipeline_begin=False)))
+    try:
+        statements = Statements(db)
+        with db.scope(), db_transaction():
+            _insert(None, 1)
+            _insert("ledger", 1)
+        assert statements.of("ledger") == ["INSERT", "PREPARE"]
+        assert pair.rows("main") == [(1, "x")] and pair.rows("ledger") == [(1, "x")]
+        assert pair.prepared() == []
+        for engine in (db.engine, db.database("ledger").engine):
+            assert engine.pool.checkedin() == 1
+            pooled = engine.raw_connection()  # the one the unit used
+            try:
+                assert (
+                    pooled.dbapi_connection.autocommit is False
+                )  # flipped back after COMMIT PREPARED
+            finally:
+                pooled.close()
+        with db.scope(), db_transaction():
+            _insert(None, 2)
+        assert pair.rows("main") == [(1, "x"), (2, "x")]
+    finally:
+        db.dispose()

@@ -85,6 +85,10 @@ def test_a_crash_at_every_step_is_resolved_by_recover_and_the_databases_agree(
     again = recover_cli(pair, "--min-age", "0")
     assert "recover: 0 committed, 0 rolled back, 0 left alone" in again, again
     assert again.count("\n") == 1  # nothing but the summary
+    # the decision records (2 commits, 2 recovery aborts) go once everything is resolved
+    purge = recover_cli(pair, "--min-age", "0", "--purge-after", "0")
+    assert "4 old decision record(s) purged" in purge, purge
+    assert pair.decisions() == []
 
 
 def test_recover_leaves_young_prepared_transactions_alone(pair: Pair) -> None:
