@@ -296,3 +296,53 @@ def test_two_phase_commit_without_the_pipelined_begin(pair: Pair) -> None:
         assert pair.rows("main") == [(1, "x"), (2, "x")]
     finally:
         db.dispose()
+
+
+def test_a_connection_lost_while_the_decision_is_written_leaves_it_to_recovery(
+    pair: Pair, db: Database
+) -> None:
+    import logging
+
+    from myapp.db import TwoPhaseCommitError
+    from myapp.db.twophase import recover
+
+    pids: list[int] = []
+
+    def remember(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("PREPARE"):
+            pids.append(conn.connection.dbapi_connection.info.backend_pid)
+
+    event.listen(db.engine, "after_cursor_execute", remember)
+
+    class KillMainAfterBothPrepares(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("prepared ") and len(self.seen) == 1:
+                assert pair.cluster.primary is not None
+                with pair.cluster.primary.connect() as conn:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+            self.seen.append(record)
+
+        seen: list[logging.LogRecord] = []
+
+    logger = logging.getLogger("myapp.db.twophase")
+    handler = KillMainAfterBothPrepares(logging.DEBUG)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        with db.scope(), pytest.raises(TwoPhaseCommitError) as raised, db_transaction():
+            _insert(None, 1)
+            _insert("ledger", 1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert raised.value.in_doubt and "in doubt" in str(raised.value)
+    assert len(pair.prepared()) == 2  # not rolled back: the decision might have been written
+    report = recover(db, min_age=0)
+    assert len(report.rolled_back) == 2 and report.failed == []  # it was not: no commit row
+    assert pair.prepared() == []
+    assert pair.rows("main") == [] and pair.rows("ledger") == []
+    with db.scope(), db_transaction():  # the pool replaced the dead connection
+        _insert(None, 2)
+        _insert("ledger", 2)
+    assert pair.rows("main") == [(2, "x")] and pair.rows("ledger") == [(2, "x")]
