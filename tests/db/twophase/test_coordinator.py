@@ -346,3 +346,24 @@ def test_a_connection_lost_while_the_decision_is_written_leaves_it_to_recovery(
         _insert(None, 2)
         _insert("ledger", 2)
     assert pair.rows("main") == [(2, "x")] and pair.rows("ledger") == [(2, "x")]
+
+
+def test_two_named_databases_without_the_main_one_record_the_decision_in_main(
+    pair: Pair, db: Database, twophase_cluster: Any
+) -> None:
+    archive_url = twophase_cluster.create_database(f"{pair.ledger_url.rsplit('/', 1)[1]}_archive")
+    with twophase_cluster.primary.connect(archive_url.rsplit("/", 1)[1]) as conn:
+        conn.execute("CREATE TABLE entries (id int PRIMARY KEY, note text NOT NULL)")
+    db.add_database("archive", Database.from_url(archive_url))
+    statements = Statements(db)
+    with db.scope(), db_transaction():
+        _insert("ledger", 1)
+        _insert("archive", 1)
+    assert statements.of("main") == []  # the decision went through a pooled raw connection
+    assert statements.of("archive") == ["INSERT", "PREPARE"]
+    assert [o for _t, o in pair.decisions()] == ["commit"]
+    assert pair.rows("ledger") == [(1, "x")]
+    with twophase_cluster.primary.connect(archive_url.rsplit("/", 1)[1]) as conn:
+        assert conn.execute("SELECT id FROM entries").fetchall() == [(1,)]
+    assert pair.prepared() == []
+    assert db.engine.pool.checkedout() == 0
