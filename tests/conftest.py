@@ -57,6 +57,12 @@ SLOW: dict[str, str] = {
     "tests/commands/test_database_commands.py::test_migrate_revision_autogenerate": (
         "migrations: autogenerate a revision, in subprocesses"
     ),
+    # two-phase commit: private PostgreSQL clusters with prepared transactions
+    "tests/db/twophase/test_coordinator.py": "a private PostgreSQL cluster, two databases",
+    "tests/db/twophase/test_crash_recovery.py": "kill: SIGKILL at each step of a two-phase commit",
+    "tests/db/twophase/test_load.py": "8 threads of two-phase units, racing recover",
+    "tests/services/test_invoicing_ledger.py": "a private cluster: invoices and ledger, CLI",
+    "tests/benchmarks/test_twophase.py": "a private cluster behind the counting proxy",
 }
 
 

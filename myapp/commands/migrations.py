@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from myapp.db.replicas import replica_lines
+from myapp.db.twophase import in_doubt_lines
 
 from .context import CommandContext
 from .errors import CommandError, connection_error_message, one_line
@@ -300,6 +301,8 @@ class Check(Command):
             heads = current_heads(connection)
         ctx.out(f"database: ok ({label})")
         for line in replica_lines(ctx.db):  # each read replica's state and lag
+            ctx.out(line)
+        for line in in_doubt_lines(ctx.db):  # two databases: old in-doubt prepared transactions
             ctx.out(line)
         pending = pending_revisions(script, heads)
         if pending:

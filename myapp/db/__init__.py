@@ -13,6 +13,9 @@ public API:
 * the transaction manager: :func:`get_tm`, :func:`current_transaction`,
   :func:`join_transaction`, :func:`mark_changed`;
 * models: :class:`Base`, :class:`BaseModel`, :func:`init_db`;
+* more than one database: ``Database.add_database()``, ``current_session(name)``,
+  :class:`TwoPhaseCommitError`, recovery in :mod:`myapp.db.twophase`
+  (docs/multiple-databases.md);
 * errors: see :mod:`myapp.db.errors`.
 """
 
@@ -36,6 +39,7 @@ from .scope import Database, Scope, current_scope, current_session, make_session
 from .session import Session
 from .session import join_session as join_transaction
 from .session import mark_session_changed as mark_changed
+from .twophase import TwoPhaseCommitError
 from .units import (
     db_read_only,
     db_transaction,
@@ -65,6 +69,7 @@ __all__ = [
     "Session",
     "TransactionFailed",
     "TransactionManaged",
+    "TwoPhaseCommitError",
     "UTCDateTime",
     "create_engine_for",
     "current_scope",

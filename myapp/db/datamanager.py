@@ -17,6 +17,11 @@ it to behave differently:
 * ``should_retry`` (the ``transaction`` package's retry protocol, used by
   ``TransactionManager.attempts()``/``run()`` and ``Transaction.isRetryableError``)
   answers with :func:`myapp.db.retry.is_retryable`.
+* When sessions of two or more databases wrote in one transaction, the
+  coordinator of :mod:`myapp.db.twophase` gives each of them a gid: the data
+  manager then PREPAREs in ``tpc_vote``, and COMMITs PREPARED in
+  ``tpc_finish`` (or ROLLs BACK PREPARED in ``tpc_abort``), zope.sqlalchemy's
+  two-phase protocol. Every other session commits in one phase, as before.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from sqlalchemy.exc import ResourceClosedError
 from sqlalchemy.orm import Session
 from zope.sqlalchemy import datamanager as zdm
 
-from . import compat
+from . import compat, twophase
 from .retry import is_retryable
 from .sqlite import savepoints_supported
 
@@ -101,6 +106,9 @@ class SessionDataManager(zdm.SessionDataManager):
         self.txn = transaction_manager.get()
         self.txn.extension.setdefault(SESSION, session)
         self.commit_started = False
+        self.gid: str | None = None  # set by the two-phase coordinator, if any
+        self.prepared_raw: Any = None  # the psycopg connection once prepared
+        self.coordinator: Any = None  # the coordinator it prepared for
 
     def abort(self, trans: Any) -> None:
         if self.tx is not None:
@@ -116,9 +124,45 @@ class SessionDataManager(zdm.SessionDataManager):
         self.commit_started = True
 
     def tpc_vote(self, trans: Any) -> None:
-        if self.tx is not None:
-            self.tx.commit()
+        if self.tx is None:
+            return
+        coordinator = twophase.coordinator_of(trans)
+        if coordinator is not None and coordinator.gid_for(self) is not None:
+            twophase.prepare(self, self.session.connection())  # PREPARE TRANSACTION 'gid'
+            coordinator.prepared_now(self)
+            self.coordinator = coordinator
+            self.state = "prepared"
+            return
+        self.tx.commit()
+        self._end("committed")
+
+    def tpc_finish(self, trans: Any) -> None:
+        if self.state == "prepared":
+            self.coordinator.finish(self)  # COMMIT PREPARED 'gid' (recovery's, if it fails)
+            self._end_prepared("committed")
+
+    def tpc_abort(self, trans: Any) -> None:
+        if self.state == "prepared":
+            self.coordinator.cancel(self)  # ROLLBACK PREPARED, unless the decision may be commit
+            self._end_prepared("aborted")
+        else:
+            super().tpc_abort(trans)
+
+    def _end_prepared(self, final_state: str) -> None:
+        """End the session's transaction after the prepared one ended (no SQL: it is idle)."""
+        if final_state == "committed":
+            try:
+                self.tx.commit()  # expire_on_commit and the after_commit events, as before
+            except Exception:  # the connection broke after the decision: recovery commits
+                log.exception("ending the session after COMMIT PREPARED %s", self.gid)
+                try:
+                    self._end("aborted")
+                except Exception:
+                    log.exception("rolling back the session of %s", self.gid)
+                return
             self._end("committed")
+        else:
+            self._end(final_state)
 
     def _end(self, final_state: str) -> None:
         session = self.session
@@ -159,8 +203,15 @@ def join_transaction(session: Session, status: str = zdm.STATUS_ACTIVE) -> None:
     """
     if compat.session_status(session) is None:
         if session.twophase:
-            raise NotImplementedError("two-phase sessions are not supported by myapp.db")
-        SessionDataManager(session, status, transaction.manager)
+            raise NotImplementedError(
+                "SQLAlchemy twophase=True sessions PREPARE every transaction, even one that "
+                "touched one database; myapp decides at commit time instead: configure the "
+                "other databases by name (Database.add_database(), myapp.databases) and units "
+                "of work that write to two of them commit in two phases "
+                "(docs/multiple-databases.md)"
+            )
+        dm = SessionDataManager(session, status, transaction.manager)
+        twophase.enlist(dm, dm.txn)
 
 
 def mark_changed(session: Session) -> None:

@@ -30,6 +30,7 @@ from .nesting import is_implicit
 from .readpath import after_transaction_end, install_error_mapping, lift_read_only
 from .replicas import Replica, ReplicaSet
 from .session import AUTOBEGIN, DATABASE, Session, register
+from .settings import MAIN, DatabaseConfigError
 from .writes import MAINTENANCE, READ_ONLY, MaintenanceSwitch
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class Scope:
         self.database = database
         self.autobegin = autobegin
         self.kind = kind
+        self._named: dict[str, Session] = {}
 
     @property
     def tm(self) -> transaction.ThreadTransactionManager:
@@ -120,6 +122,36 @@ class Scope:
             self._session = session
         return self._session
 
+    def session_for(self, name: str | None = None) -> Session:
+        """The session of database ``name`` in this scope (None or ``"main"``: :attr:`session`).
+
+        Created on first use, with this scope's flags (autobegin, read-only:
+        a read-only scope reads the named database through its read path) and
+        joined to the same transaction as every other session of the scope.
+        :class:`NoScope` for a name that is not configured.
+        """
+        if name is None or self.database is None or name == self.database.name:
+            if name not in (None, "main") and self.database is None:
+                raise NoScope(f"no database named {name!r}: this scope has no Database")
+            return self.session
+        session = self._named.get(name)
+        if session is None:
+            if self.kind == "transaction":
+                raise NoScope(
+                    f"the session of database {name!r} needs a scope: open one with "
+                    "'with db.scope():' (requests, commands and test fixtures have one)"
+                )
+            database = self.database.database(name)
+            read_only = self.read_only or self.kind == "read-only"
+            factory = database.read_factory()[0] if read_only else database.session_factory
+            session = factory()
+            if self.autobegin:
+                session.info[AUTOBEGIN] = True
+            if read_only:
+                session.info[READ_ONLY] = True
+            self._named[name] = session
+        return session
+
     @property
     def factory(self) -> Callable[[], Session] | None:
         """The factory this scope makes its session with (None for a borrowed session)."""
@@ -130,11 +162,18 @@ class Scope:
         return self._session is not None
 
     def close(self) -> None:
-        """Close the session if this scope created it (returns its connection to the pool)."""
+        """Close the sessions this scope created (returns their connections to the pool)."""
+        self._close_named()
         if self._session is not None and self._owns_session:
             lift_read_only(self._session)
             self._session.close()
             self._session = None
+
+    def _close_named(self) -> None:
+        named, self._named = self._named, {}
+        for session in named.values():
+            lift_read_only(session)
+            session.close()
 
     @contextmanager
     def activate(self) -> Iterator[Scope]:
@@ -144,6 +183,8 @@ class Scope:
             yield self
         finally:
             _current.reset(token)
+            if not self._owns_session:  # nobody calls close() on a borrowed session's scope
+                self._close_named()
 
 
 def current_scope() -> Scope:
@@ -166,9 +207,15 @@ def current_scope() -> Scope:
     )
 
 
-def current_session() -> Session:
-    """The session of the current scope (see :func:`current_scope`)."""
-    return current_scope().session
+def current_session(name: str | None = None) -> Session:
+    """The session of the current scope (see :func:`current_scope`).
+
+    ``name``: the session of that named database (``current_session("ledger")``);
+    every session of a scope joins the same unit of work, and a unit of work
+    that wrote to two databases commits in two phases (:mod:`myapp.db.twophase`).
+    """
+    scope = current_scope()
+    return scope.session if name is None else scope.session_for(name)
 
 
 def active_scope() -> Scope | None:
@@ -227,6 +274,56 @@ class Database:
         self._read_engine_wanted = read_engine is not False
         self._read_factory: Callable[[], Session] | None = None
         self._lock = threading.Lock()
+        #: ``"main"``, or the name this database was added under (:meth:`add_database`)
+        self.name = MAIN
+        #: the main database, for a named one (None for the main database itself)
+        self.parent: Database | None = None
+        #: the named databases added to this (main) database, by name
+        self.databases: dict[str, Database] = {}
+
+    def add_database(self, name: str, database: Database) -> Database:
+        """Add ``database`` under ``name``: its sessions join this database's units of work.
+
+        ``current_session(name)`` is then its session in every scope. A unit of
+        work that writes to this database and ``name`` commits in two phases
+        (:mod:`myapp.db.twophase`), so both must be PostgreSQL:
+        :class:`~myapp.db.settings.DatabaseConfigError` otherwise (SQLite has no
+        prepared transactions). Returns ``database``.
+        """
+        from .twophase import check_backends
+
+        if name == MAIN or name in self.databases or self.parent is not None:
+            raise DatabaseConfigError(
+                f"cannot add the database {name!r}: "
+                + ("the name is taken" if self.parent is None else "add it to the main database")
+            )
+        check_backends(self.engine, name, database.engine)
+        # one maintenance switch for every database: db.maintenance.on() covers them all
+        database.maintenance = self.maintenance
+        database.session_factory.kw["info"][MAINTENANCE] = self.maintenance
+        database.name = name
+        database.parent = self
+        self.databases[name] = database
+        return database
+
+    def has_database(self, name: str) -> bool:
+        """Is a database called ``name`` configured (``"main"`` always is)?"""
+        root = self.parent or self
+        return name == MAIN or name in root.databases
+
+    def database(self, name: str | None = None) -> Database:
+        """The database called ``name`` (None or ``"main"``: the main one); ``NoScope`` if none."""
+        root = self.parent or self
+        if name is None or name == MAIN:
+            return root
+        try:
+            return root.databases[name]
+        except KeyError:
+            known = ", ".join([MAIN, *root.databases]) or MAIN
+            raise NoScope(
+                f"no database named {name!r} is configured (configured: {known}); "
+                "see myapp.databases in docs/multiple-databases.md"
+            ) from None
 
     def _factory_for(self, bind: Engine) -> sessionmaker[Session]:
         return make_session_factory(
@@ -324,25 +421,37 @@ class Database:
         """Build from a URL (``sqlite:///var/app.sqlite``, ``postgresql://...``).
 
         ``options`` are :class:`Database`'s keyword arguments (``replica_url``
-        gives a replica's URL, ``replica_urls`` several).
+        gives a replica's URL, ``replica_urls`` several; ``databases`` maps
+        names to the URLs of named databases, see :meth:`add_database`).
         """
         from .engine import create_engine_for
         from .settings import normalise_url
 
         urls = list(options.pop("replica_urls", None) or ())
         replica_url = options.pop("replica_url", None)
+        named = dict(options.pop("databases", None) or {})
         if replica_url:
             urls.insert(0, replica_url)
         database = cls(create_engine_for(normalise_url(url)), **options)
         for replica in urls:
             database.add_replica(replica)
+        for name, named_url in named.items():
+            other = cls(create_engine_for(normalise_url(named_url)), **options)
+            database.add_database(name, other)
         return database
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Database:
         """Build from Pyramid settings (``sqlalchemy.*``, ``myapp.*``; see settings.py)."""
-        from .engine import engine_from_settings
-        from .settings import asbool, engine_options, replica_options, replica_urls
+        from .engine import create_engine_for, engine_from_settings
+        from .settings import (
+            asbool,
+            database_names,
+            engine_options,
+            named_database_url,
+            replica_options,
+            replica_urls,
+        )
 
         database = cls(
             engine_from_settings(settings),
@@ -356,6 +465,15 @@ class Database:
         for url in replica_urls(settings):
             kept = {k: v for k, v in options.items() if make_url_backend(url) != "sqlite"}
             database.add_replica(url, **kept)
+        for name in database_names(settings):  # myapp.databases: docs/multiple-databases.md
+            named_options = engine_options(settings, prefix=f"database.{name}.")
+            other = cls(
+                create_engine_for(named_database_url(settings, name), **named_options),
+                expire_on_commit=database.expire_on_commit,
+                timezone=settings.get("myapp.timezone", "Europe/Paris"),
+                read_only=asbool(settings.get("myapp.read_only", False)),
+            )
+            database.add_database(name, other)
         return database
 
     @classmethod
@@ -422,7 +540,7 @@ class Database:
         return scope.session
 
     def dispose(self, close: bool = True) -> None:
-        """Drop every pool: the primary's, the read engine's, the replicas'.
+        """Drop every pool: the primary's, the read engine's, the replicas', the named databases'.
 
         At shutdown (``close=True``: the pooled connections are closed), or in a
         worker right after a fork (``close=False``: the parent's connections are
@@ -432,6 +550,8 @@ class Database:
         if self._read_engine is not None:
             self._read_engine.dispose(close=close)
         self.replicas.dispose(close=close)
+        for named in self.databases.values():
+            named.dispose(close=close)
 
 
 def _read_your_writes(session: Session) -> None:

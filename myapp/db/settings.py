@@ -30,6 +30,11 @@ environment variable (same format; empty means none); the older single
 default 5), ``sqlalchemy.replica_check_interval`` (seconds, default 2) and
 ``sqlalchemy.read_your_writes`` (seconds a client that wrote reads from the primary,
 default 10).
+
+More than one database (docs/multiple-databases.md): ``myapp.databases`` names them
+(``MYAPP_DATABASES`` wins; empty: none); database ``NAME``'s URL is
+``<NAME>_DATABASE_URL``, else ``database.<name>.url``, and its pool options are
+``database.<name>.pool_size`` etc. (the profile's defaults otherwise).
 """
 
 from __future__ import annotations
@@ -146,3 +151,43 @@ def replica_options(settings: Mapping[str, Any]) -> dict[str, float]:
             if values[name] < 0:
                 raise DatabaseConfigError(f"{key} must not be negative")
     return values
+
+
+# -- more than one database (docs/multiple-databases.md) ------------------------
+
+#: the name of the database configured by ``sqlalchemy.url`` / ``DATABASE_URL``
+MAIN = "main"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def database_names(settings: Mapping[str, Any]) -> list[str]:
+    """The names of the databases configured besides the main one (``ledger``, ...).
+
+    ``MYAPP_DATABASES`` (names separated by commas or spaces; empty: none)
+    wins over the ini file's ``myapp.databases``. A name is lower-case
+    letters, digits and ``_``, starts with a letter, and is not ``main``.
+    """
+    raw = os.environ.get("MYAPP_DATABASES")
+    if raw is None:
+        raw = str(settings.get("myapp.databases") or "")
+    names: list[str] = []
+    for name in raw.replace(",", " ").split():
+        if not (name[0].isalpha() and set(name) <= _NAME_CHARS) or name == MAIN:
+            raise DatabaseConfigError(
+                f"invalid database name {name!r} in myapp.databases: use lower-case letters, "
+                f"digits and '_', starting with a letter (and not {MAIN!r})"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def named_database_url(settings: Mapping[str, Any], name: str) -> str:
+    """The URL of database ``name``: ``<NAME>_DATABASE_URL``, else ``database.<name>.url``."""
+    url = os.environ.get(f"{name.upper()}_DATABASE_URL") or settings.get(f"database.{name}.url")
+    if not url:
+        raise DatabaseConfigError(
+            f"the database {name!r} is listed in myapp.databases but has no URL: set "
+            f"{name.upper()}_DATABASE_URL or database.{name}.url"
+        )
+    return normalise_url(str(url))

@@ -36,6 +36,13 @@ chunks.
 
 The tariff (:func:`tariff`) is deterministic: it depends on the pickup time
 only.
+
+With a ``ledger`` database configured (:mod:`myapp.models.ledger`), each
+chunk also writes one ledger entry per invoice it created, to the ledger
+database, in the same transaction: the chunk then commits in both databases
+or in neither (two-phase commit, docs/multiple-databases.md), so a crash at
+any point, followed by ``myapp recover`` and a rerun, leaves exactly one
+invoice and one ledger entry per booking. Without one, nothing changes.
 """
 
 from __future__ import annotations
@@ -53,8 +60,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import StatementError
 
-from myapp.db import BatchFailed, BatchProgress, db_batch_operation
+from myapp.db import BatchFailed, BatchProgress, current_scope, current_session, db_batch_operation
 from myapp.models import Booking, BookingStatus, Invoice
+from myapp.models.ledger import LEDGER, LedgerEntry, ensure_ledger_schema
 from myapp.observability.units import observe_unit
 
 log = logging.getLogger(__name__)
@@ -236,6 +244,12 @@ def _insert_statement(dialect: str) -> Any:
     return stmt.returning(Invoice.booking_id)
 
 
+def ledger_configured() -> bool:
+    """Is a ``ledger`` database configured for the current scope's database?"""
+    database = current_scope().database
+    return database is not None and database.has_database(LEDGER)
+
+
 def _take_write_lock(session: Any) -> None:
     # SQLite: take the write lock before reading, so that a concurrent generator waits on
     # the busy timeout instead of failing when this transaction upgrades from read to write.
@@ -273,6 +287,11 @@ def generate_invoices(
         raise ValueError("batch_size must be at least 1")
     summary = InvoicingSummary(period=bounds.name)
     pending = InvoicingSummary(period=bounds.name)  # the batch in progress, not committed yet
+    ledger = ledger_configured()
+    if ledger:
+        database = current_scope().database
+        assert database is not None
+        ensure_ledger_schema(database.database(LEDGER).engine)
 
     def on_commit(state: BatchProgress) -> None:
         # called by db_batch_operation right after a batch (or the remainder) committed
@@ -326,6 +345,20 @@ def generate_invoices(
                     ],
                 ).scalars()
                 created = set(written)
+                if ledger and created:  # same transaction: committed in both or neither
+                    current_session(LEDGER).execute(
+                        insert(LedgerEntry),
+                        [
+                            {
+                                "booking_id": row.id,
+                                "company_id": row.company_id,
+                                "amount": amounts[row.id],
+                                "period": bounds.name,
+                            }
+                            for row in rows
+                            if row.id in created
+                        ],
+                    )
                 pending.considered = len(rows)
                 pending.created = len(created)
                 pending.conflicts = len(rows) - len(created)

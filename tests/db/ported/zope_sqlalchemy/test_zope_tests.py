@@ -477,10 +477,12 @@ def test_session_commit_in_a_scope_commits(zs: ZS) -> None:
 def test_two_phase(zs: ZS) -> None:
     """zope.sqlalchemy: tests.ZopeSQLAlchemyTests.testTwoPhase
 
-    Differs from zope.sqlalchemy: two-phase sessions are refused with
-    ``NotImplementedError`` when they join a transaction, because myapp's
-    data manager is one-phase only (zope prepares them with
-    ``TwoPhaseSessionDataManager``); nothing is written.
+    Differs from zope.sqlalchemy: ``twophase=True`` sessions are refused with
+    ``NotImplementedError`` when they join a transaction (zope prepares them
+    with ``TwoPhaseSessionDataManager``): SQLAlchemy's flag PREPAREs every
+    transaction, one database or not. myapp decides at commit time instead:
+    a unit of work that wrote to two configured databases commits in two
+    phases (``myapp/db/twophase.py``, ``tests/db/twophase``); nothing is written.
     """
     Session = make_session_factory(zs.engine, twophase=True)
     session = Session()
