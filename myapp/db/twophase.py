@@ -415,6 +415,8 @@ class RecoveryReport:
     rolled_back: list[PreparedTransaction] = field(default_factory=list)
     skipped: list[PreparedTransaction] = field(default_factory=list)  # younger than min_age
     failed: list[tuple[PreparedTransaction, str]] = field(default_factory=list)
+    #: finished by another session first (their unit of work, or another recovery)
+    gone: list[PreparedTransaction] = field(default_factory=list)
     purged: int = 0
 
     def lines(self) -> list[str]:
@@ -424,20 +426,29 @@ class RecoveryReport:
             f"left alone {p.database} {p.gid} (prepared {p.age:.0f} s ago: may be committing)"
             for p in self.skipped
         ]
+        out += [
+            f"resolved elsewhere {p.database} {p.gid} (by its unit of work or another recovery)"
+            for p in self.gone
+        ]
         out += [f"FAILED {p.database} {p.gid}: {why}" for p, why in self.failed]
         return out
 
     def summary(self) -> str:
         return (
             f"recover: {len(self.committed)} committed, {len(self.rolled_back)} rolled back, "
-            f"{len(self.skipped)} left alone (younger than the bound), {len(self.failed)} "
-            f"failed, {self.purged} old decision record(s) purged"
+            f"{len(self.skipped)} left alone (younger than the bound), {len(self.gone)} "
+            f"resolved elsewhere, {len(self.failed)} failed, {self.purged} old decision "
+            "record(s) purged"
         )
 
 
 def _databases(root: Database) -> list[tuple[str, Engine]]:
     return [(root.name, root.engine)] + [(n, d.engine) for n, d in root.databases.items()]
 
+
+#: SQLSTATEs of COMMIT/ROLLBACK PREPARED for a gid no longer prepared (undefined_object) or
+#: being finished by another session right now (object_not_in_prerequisite_state: "is busy")
+_RESOLVED_ELSEWHERE = ("42704", "55000")
 
 _LIST = (
     "SELECT gid, EXTRACT(EPOCH FROM now() - prepared)::float8 FROM pg_prepared_xacts "
@@ -515,8 +526,11 @@ def recover(
             try:
                 with _autocommit(engines[prepared.database]) as connection:
                     connection.exec_driver_sql(f"{verb} PREPARED '{prepared.gid}'")
-            except Exception as exc:  # e.g. resolved meanwhile by its own coordinator
-                report.failed.append((prepared, " ".join(str(exc).split())[:200]))
+            except Exception as exc:
+                if getattr(getattr(exc, "orig", None), "sqlstate", None) in _RESOLVED_ELSEWHERE:
+                    report.gone.append(prepared)  # its coordinator (or a recovery) was first
+                else:
+                    report.failed.append((prepared, " ".join(str(exc).split())[:200]))
                 continue
             (report.committed if outcome == "commit" else report.rolled_back).append(prepared)
         still = {p.txid for p in prepared_transactions(root)}
