@@ -35,7 +35,7 @@ import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 
-from . import sqlite
+from . import mysql, sqlite
 from .settings import database_url, engine_options
 
 #: SQLite transactions begun inside the block take the write lock at once (BEGIN IMMEDIATE).
@@ -46,7 +46,8 @@ def engine_from_settings(settings: Mapping[str, Any], prefix: str = "sqlalchemy.
     """Create the engine described by ``settings`` (see :mod:`myapp.db.settings`).
 
     SQLite engines get the transactional workaround of :mod:`myapp.db.sqlite`
-    and their directory is created; PostgreSQL URLs use psycopg 3.
+    and their directory is created; PostgreSQL URLs use psycopg 3; MySQL/MariaDB
+    engines get utf8mb4, strict mode, UTC and READ COMMITTED (:mod:`myapp.db.mysql`).
     """
     return create_engine_for(database_url(settings, prefix), **engine_options(settings, prefix))
 
@@ -65,6 +66,8 @@ def create_engine_for(url: str, **options: Any) -> Engine:
                 options.pop(key, None)
         options.setdefault("connect_args", {})["check_same_thread"] = False
         return sqlite.install(create_engine(parsed, **options))
+    if mysql.is_mysql(parsed.get_backend_name()):
+        return mysql.install(create_engine(parsed, **mysql.engine_options(options)))
     engine = create_engine(parsed, **options)
     if pipelined and engine.dialect.driver == "psycopg":
         pipeline_begin(engine)
