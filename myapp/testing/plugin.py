@@ -128,6 +128,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "not_mysql(reason): the test is not generated for the mysql backend, for the reason "
         "given (listed at the end of the run)",
     )
+    config.addinivalue_line(
+        "markers",
+        "mysql_only: a MySQL/MariaDB behaviour; deselected when the run has no mysql backend",
+    )
+    config.addinivalue_line("markers", "myapp_deselect: (internal) deselected by the plugin")
     toolkit = ToolkitConfig.from_pytest(config)
     config._myapp_toolkit = toolkit  # type: ignore[attr-defined]
     config._myapp_not_mysql = []  # type: ignore[attr-defined]
@@ -212,7 +217,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marker = metafunc.definition.get_closest_marker("postgresql_only")
         if marker is not None:
             backends = [b for b in backends if b == "postgresql"]
-            if not backends:
+            if not backends and config.getoption("--backends"):
+                # backends chosen explicitly, PostgreSQL not among them: deselected, not skipped
+                backends = [pytest.param("postgresql", marks=pytest.mark.myapp_deselect)]
+            elif not backends:
                 backends = [
                     pytest.param(
                         "postgresql",
@@ -221,6 +229,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                         ),
                     )
                 ]
+        if metafunc.definition.get_closest_marker("mysql_only") is not None:
+            # not a skip where no MySQL server is given: deselected (pytest says how many)
+            backends = [b for b in backends if b == "mysql"] or [
+                pytest.param("mysql", marks=pytest.mark.myapp_deselect)
+            ]
         not_mysql = metafunc.definition.get_closest_marker("not_mysql")
         if not_mysql is not None and "mysql" in backends:
             reason = not_mysql.kwargs.get("reason") or (not_mysql.args or [""])[0]
@@ -235,6 +248,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                     pytest.param("mysql", marks=pytest.mark.skip(reason=f"not_mysql: {reason}"))
                 ]
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``mysql_only`` tests of a run without the mysql backend."""
+    deselected = [item for item in items if item.get_closest_marker("myapp_deselect")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("myapp_deselect")]
 
 
 # ---------------------------------------------------------------------------
