@@ -199,8 +199,12 @@ def enforce_read_only(session: Any, connection: Connection) -> None:
         raw = connection.connection.dbapi_connection
         raw.execute("PRAGMA query_only=ON")
         session.info.setdefault(QUERY_ONLY_LIFT, []).append(raw)
-    elif mysql.is_mysql(name) and not mysql.in_transaction(connection.connection.dbapi_connection):
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    elif mysql.is_mysql(name):
+        # only for a transaction not yet begun on the server: SET TRANSACTION applies to
+        # the next transaction, which for a savepoint would be the whole outer one
+        nested = session.in_nested_transaction() or connection.in_nested_transaction()
+        if not nested and mysql.in_transaction(connection.connection.dbapi_connection) is False:
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def begin_read_only(session: Any, txn: Any, connection: Connection) -> None:

@@ -208,8 +208,9 @@ def lock_waiters(
 ) -> int:
     """Wait until ``at_least`` sessions wait on a lock while running ``query_like``.
 
-    PostgreSQL only (``pg_stat_activity``); ``query_like`` is an ``ILIKE``
-    pattern. Returns how many sessions wait once there are enough, or when
+    PostgreSQL (``pg_stat_activity``) and MySQL/MariaDB (InnoDB transactions in
+    ``LOCK WAIT`` and their statements); ``query_like`` is a case-insensitive
+    ``LIKE`` pattern. Returns how many sessions wait once there are enough, or when
     ``timeout`` seconds passed or ``give_up()`` answered True (say, the thread
     that should block has ended): a test asserts on the count, then releases
     the lock it holds.
@@ -222,6 +223,13 @@ def lock_waiters(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         " AND wait_event_type = 'Lock' AND query ILIKE :query"
     )
+    if engine.dialect.name in ("mysql", "mariadb"):
+        statement = text(
+            "SELECT count(*) FROM information_schema.innodb_trx t"
+            " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+            " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"
+            " AND LOWER(p.info) LIKE LOWER(:query)"
+        )
     deadline = time.monotonic() + timeout
     with engine.connect() as probe:
         while True:

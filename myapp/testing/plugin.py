@@ -132,6 +132,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "mysql_only: a MySQL/MariaDB behaviour; deselected when the run has no mysql backend",
     )
+    config.addinivalue_line(
+        "markers",
+        "server_only: the behaviour needs a database server (PostgreSQL or MySQL/MariaDB), "
+        "not SQLite (row locks, SKIP LOCKED, ...)",
+    )
     config.addinivalue_line("markers", "myapp_deselect: (internal) deselected by the plugin")
     toolkit = ToolkitConfig.from_pytest(config)
     config._myapp_toolkit = toolkit  # type: ignore[attr-defined]
@@ -229,6 +234,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                         ),
                     )
                 ]
+        if metafunc.definition.get_closest_marker("server_only") is not None:
+            backends = [b for b in backends if b != "sqlite"]
+            if not backends and config.getoption("--backends"):
+                backends = [pytest.param("postgresql", marks=pytest.mark.myapp_deselect)]
+            elif not backends:
+                backends = [
+                    pytest.param(
+                        "postgresql",
+                        marks=pytest.mark.skip(
+                            reason="needs a database server: pass --dburl or set MYAPP_TEST_DBURL"
+                        ),
+                    )
+                ]
         if metafunc.definition.get_closest_marker("mysql_only") is not None:
             # not a skip where no MySQL server is given: deselected (pytest says how many)
             backends = [b for b in backends if b == "mysql"] or [
@@ -243,10 +261,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 )
             backends = [b for b in backends if b != "mysql"]
             config._myapp_not_mysql.append((metafunc.definition.nodeid, reason))  # type: ignore[attr-defined]
-            if not backends:  # a mysql-only run, and the test is not for it
-                backends = [
-                    pytest.param("mysql", marks=pytest.mark.skip(reason=f"not_mysql: {reason}"))
-                ]
+            if not backends:  # a mysql-only run (--backends mysql): the test is not for it
+                backends = [pytest.param("mysql", marks=pytest.mark.myapp_deselect)]
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
 
 

@@ -296,7 +296,7 @@ def real(dbengine):
 def test_concurrent_dispatchers_never_double_assign(real, backend):
     # 5 drivers, 24 bookings on 8 pickup times (3 per time), several dispatchers at once
     company_id, _, booking_ids = real.company(5, [at(30 * (i // 3)) for i in range(24)])
-    workers = 4 if backend == "postgresql" else 3
+    workers = 3 if backend == "sqlite" else 4
     barrier = threading.Barrier(workers)
     results: list[engine.DispatchResult] = []
     errors: list[BaseException] = []
@@ -325,7 +325,7 @@ def test_concurrent_dispatchers_never_double_assign(real, backend):
     assert len(slots) == len(set(slots))  # no driver twice at the same pickup time
 
 
-@pytest.mark.postgresql_only
+@pytest.mark.server_only
 def test_bookings_locked_elsewhere_are_skipped(real, backend):
     company_id, _, (b1, b2, b3) = real.company(2, [at(0), at(30), at(60)])
     holder = real.engine.connect()
@@ -342,7 +342,7 @@ def test_bookings_locked_elsewhere_are_skipped(real, backend):
     assert [b for b, _ in second.assigned] == [b2]
 
 
-@pytest.mark.postgresql_only
+@pytest.mark.server_only
 def test_loads_are_read_after_the_driver_lock(real, backend):
     company_id, (d1, d2), (booking,) = real.company(2, [at(0)])
     holder = real.engine.connect()
@@ -353,7 +353,7 @@ def test_loads_are_read_after_the_driver_lock(real, backend):
         # another transaction holds d1 (the least-loaded, lowest id) ...
         holder.execute(text("SELECT id FROM drivers WHERE id = :id FOR UPDATE"), {"id": d1})
         thread.start()
-        # ... the engine waits for it (seen in pg_stat_activity, bounded wait) ...
+        # ... the engine waits for it (seen by the server, bounded wait) ...
         waiting = real.lock_waiters("%FROM drivers%FOR UPDATE%")
         assert waiting == 1, "the dispatcher did not wait for the driver lock"
         # ... while that transaction books d1 at the same pickup time and commits

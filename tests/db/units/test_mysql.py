@@ -131,6 +131,19 @@ def test_a_read_only_savepoint_is_not_read_only_at_the_database(real: Any, backe
     assert names(real, [item_id]) == [real.id("a")]
 
 
+def test_a_read_only_unit_first_in_a_write_unit_leaves_it_writable(real: Any, backend: str):
+    """``SET TRANSACTION READ ONLY`` applies to the *next* transaction: sent for a savepoint
+    before the outer transaction's first statement, it would make the outer one read-only."""
+    [item_id] = new_items(real, "a")
+    with real.database.scope():
+        with db_transaction() as outer:
+            with db_read_only() as session:  # the very first thing the unit does
+                assert session.get(Item, item_id) is not None
+            assert outer.scalar(text("SELECT @@session.tx_read_only")) == 0
+            outer.execute(update(Item).where(Item.id == item_id).values(name=real.id("b")))
+    assert names(real, [item_id]) == [real.id("b")]
+
+
 def test_an_outermost_read_only_unit_on_the_primary_is_read_only(real: Any, backend: str):
     """No read engine (a scope reading from the primary after a write): SET TRANSACTION
     READ ONLY before the transaction's first statement."""
