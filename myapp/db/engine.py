@@ -36,7 +36,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 
 from . import mysql, sqlite
-from .settings import database_url, engine_options
+from .settings import database_url, engine_options, normalise_url
 
 #: SQLite transactions begun inside the block take the write lock at once (BEGIN IMMEDIATE).
 sqlite_write_intent = sqlite.write_intent
@@ -53,8 +53,8 @@ def engine_from_settings(settings: Mapping[str, Any], prefix: str = "sqlalchemy.
 
 
 def create_engine_for(url: str, **options: Any) -> Engine:
-    """``create_engine`` with myapp's per-dialect rules applied."""
-    parsed = make_url(url)
+    """``create_engine`` with myapp's per-dialect rules applied (the URL normalised first)."""
+    parsed = make_url(normalise_url(url) if isinstance(url, str) else url)
     pipelined = options.pop("pipeline_begin", True)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database

@@ -40,6 +40,7 @@ last read" (MariaDB 11.6's ``innodb_snapshot_isolation``).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import event
@@ -99,6 +100,7 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.execute(SESSION_SETUP)
     finally:
         cursor.close()
+    _clean.add(dbapi_connection)  # SQLAlchemy rolled back after its first queries
 
 
 def _on_connect_read_only(dbapi_connection: Any, connection_record: Any) -> None:
@@ -131,16 +133,87 @@ def install(engine: Engine, *, read_only: bool = False) -> Engine:
     if not is_mysql(engine.dialect) or event.contains(engine, "connect", listener):
         return engine
     event.listen(engine, "connect", listener)
+    # On this engine's dialect instance (no engine event: those are dispatched at every
+    # statement), myapp knows whether a connection ran a statement since its last COMMIT or
+    # ROLLBACK (the server's status flags do not say so for reads): a ROLLBACK with nothing
+    # to roll back (the pool's reset of a connection returned after its COMMIT) is not sent,
+    # one round trip per write request; SET TRANSACTION is sent only before a transaction.
+    dialect = engine.dialect
+    for name in ("do_execute", "do_execute_no_params", "do_executemany", "do_commit"):
+        setattr(dialect, name, globals()["_" + name].__get__(dialect))
+    dialect.do_rollback = _do_rollback.__get__(dialect)  # type: ignore[method-assign]
     return engine
 
 
-def in_transaction(dbapi_connection: Any) -> bool | None:
-    """Does the server say this connection is in a transaction? None if the driver won't tell.
+#: raw connections that ran no statement since their last COMMIT or ROLLBACK (or connect)
+_clean: weakref.WeakSet[Any] = weakref.WeakSet()
+#: raw connections of read engines (autocommit) inside a block myapp began
+_blocks: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    PyMySQL keeps the server's status flags of the last reply
-    (``SERVER_STATUS_IN_TRANS``, bit 0).
+
+def _do_execute(dialect: Any, cursor: Any, *args: Any) -> None:
+    _clean.discard(cursor.connection)
+    type(dialect).do_execute(dialect, cursor, *args)
+
+
+def _do_execute_no_params(dialect: Any, cursor: Any, *args: Any) -> None:
+    _clean.discard(cursor.connection)
+    type(dialect).do_execute_no_params(dialect, cursor, *args)
+
+
+def _do_executemany(dialect: Any, cursor: Any, *args: Any) -> None:
+    _clean.discard(cursor.connection)
+    type(dialect).do_executemany(dialect, cursor, *args)
+
+
+def _raw(dbapi_connection: Any) -> Any:
+    return getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+
+
+def _do_commit(dialect: Any, dbapi_connection: Any) -> None:
+    raw = _raw(dbapi_connection)
+    type(dialect).do_commit(dialect, dbapi_connection)
+    _clean.add(raw)
+
+
+def _do_rollback(dialect: Any, dbapi_connection: Any) -> None:
+    raw = _raw(dbapi_connection)
+    if raw in _clean:
+        return  # no statement since the last COMMIT/ROLLBACK: nothing to roll back
+    type(dialect).do_rollback(dialect, dbapi_connection)
+    _clean.add(raw)
+
+
+def in_transaction(dbapi_connection: Any) -> bool:
+    """Did this connection run a statement since its last COMMIT or ROLLBACK (or connect)?
+
+    With autocommit off, MySQL begins a transaction at the first statement, so
+    False means the next statement begins one (``SET TRANSACTION`` applies to
+    it). Known for the connections of engines made by :func:`install`; others
+    count as in a transaction.
     """
-    status = getattr(dbapi_connection, "server_status", None)
-    if status is None:
-        return None
-    return bool(status & 1)
+    return _raw(dbapi_connection) not in _clean
+
+
+def begin_block(dbapi_connection: Any, sql: str) -> bool:
+    """On a read engine's (autocommit) connection, open a block with ``sql`` unless one is."""
+    raw = _raw(dbapi_connection)
+    if raw in _blocks:
+        return False
+    with raw.cursor() as cursor:
+        cursor.execute(sql)
+    _blocks.add(raw)
+    return True
+
+
+def in_block(dbapi_connection: Any) -> bool:
+    """Is a block :func:`begin_block` opened still open on this connection?"""
+    return _raw(dbapi_connection) in _blocks
+
+
+def end_block(dbapi_connection: Any) -> None:
+    """End the block :func:`begin_block` opened (a ROLLBACK: it only read); else nothing."""
+    raw = _raw(dbapi_connection)
+    if raw in _blocks:
+        _blocks.discard(raw)
+        raw.rollback()

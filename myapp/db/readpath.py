@@ -95,6 +95,7 @@ def create_read_engine(url: str, **options: Any) -> Engine:
         engine = mysql.install(create_engine(parsed, **options), read_only=True)
         dialect = engine.dialect
         dialect.do_savepoint = _mysql_savepoint_in_block.__get__(dialect)  # type: ignore[method-assign]
+        # COMMIT/ROLLBACK only where a block was begun (a snapshot, a savepoint)
         dialect.do_commit = _mysql_end_block.__get__(dialect)  # type: ignore[method-assign]
         dialect.do_rollback = _mysql_end_block.__get__(dialect)  # type: ignore[method-assign]
     else:
@@ -143,12 +144,9 @@ def _mysql_savepoint_in_block(dialect: Any, connection: Connection, name: str) -
 
 
 def _mysql_end_block(dialect: Any, dbapi_connection: Any) -> None:
-    # a MySQL read engine's COMMIT/ROLLBACK: PyMySQL sends one whatever the state;
-    # in autocommit, nothing is open unless a block was begun (the server's status says)
-    raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
-    if mysql.in_transaction(raw) is False:
-        return
-    raw.rollback()  # read-only: nothing to commit
+    # a MySQL read engine's COMMIT and ROLLBACK (autocommit): only a block begun by
+    # begin_block is open, and it only read (PyMySQL would send one whatever the state)
+    mysql.end_block(dbapi_connection)
 
 
 def begin_block(connection: Connection, sql: str = "BEGIN") -> bool:
@@ -162,13 +160,9 @@ def begin_block(connection: Connection, sql: str = "BEGIN") -> bool:
     """
     dbapi = connection.connection.dbapi_connection
     if mysql.is_mysql(connection.dialect):
-        if not is_read_engine(connection.engine) or mysql.in_transaction(dbapi) is not False:
+        if not is_read_engine(connection.engine):
             return False
-        if sql == "BEGIN":
-            sql = "START TRANSACTION READ ONLY"
-        with dbapi.cursor() as cursor:
-            cursor.execute(sql)
-        return True
+        return mysql.begin_block(dbapi, "START TRANSACTION READ ONLY" if sql == "BEGIN" else sql)
     info = getattr(dbapi, "info", None)
     if info is None or not getattr(dbapi, "autocommit", False):
         return False
@@ -203,7 +197,7 @@ def enforce_read_only(session: Any, connection: Connection) -> None:
         # only for a transaction not yet begun on the server: SET TRANSACTION applies to
         # the next transaction, which for a savepoint would be the whole outer one
         nested = session.in_nested_transaction() or connection.in_nested_transaction()
-        if not nested and mysql.in_transaction(connection.connection.dbapi_connection) is False:
+        if not nested and not mysql.in_transaction(connection.connection.dbapi_connection):
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
@@ -326,11 +320,13 @@ def begin_snapshot(session: Any, *, outermost: bool = False) -> bool:
     connection = session.connection()
     if mysql.is_mysql(connection.dialect):
         dbapi = connection.connection.dbapi_connection
-        if is_read_engine(connection.engine) and mysql.in_transaction(dbapi) is False:
+        if is_read_engine(connection.engine):
+            if mysql.in_block(dbapi):
+                return False
             with dbapi.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             return begin_block(connection, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        if outermost and mysql.in_transaction(dbapi) is False:
+        if outermost and not mysql.in_transaction(dbapi):
             connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         return False
     if connection.dialect.name != "postgresql":
@@ -350,8 +346,7 @@ def end_block(session: Any) -> None:
         return
     dbapi = connection.connection.dbapi_connection
     if mysql.is_mysql(connection.dialect):
-        if mysql.in_transaction(dbapi):
-            dbapi.rollback()
+        mysql.end_block(dbapi)
         return
     info = getattr(dbapi, "info", None)
     if info is not None and int(info.transaction_status) != 0:

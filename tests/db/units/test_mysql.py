@@ -326,3 +326,40 @@ def test_a_unit_that_lost_its_connection_in_the_commit_is_not_retried(real: Any,
     assert calls == [0]  # the COMMIT may have been applied: never replayed
     assert real.event_ids() == set()
     assert current_transaction() is None
+
+
+# ---------------------------------------------------------------------------
+# round trips (benchmarks/roundtrips.py's counting proxy in front of the server)
+
+
+def test_round_trips_of_a_read_and_a_write(real: Any, backend: str) -> None:
+    """A read on the read engine: 1 round trip (no COMMIT/ROLLBACK: the server's status says
+    no transaction is open). A write: its statements + the COMMIT (no BEGIN is ever sent)."""
+    from sqlalchemy.engine import make_url
+
+    from benchmarks.roundtrips import CountingProxy
+    from myapp.db import Database, create_engine_for
+
+    url = make_url(real.engine.url.render_as_string(hide_password=False))
+    [item_id] = new_items(real, "a")
+    with CountingProxy(url.host or "127.0.0.1", url.port or 3306) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port)
+        database = Database(create_engine_for(proxied.render_as_string(hide_password=False)))
+        try:
+            counts: dict[str, list[int]] = {"read": [], "write": []}
+            for _ in range(3):  # the first of each connects (and sets the session up)
+                with proxy.window("read") as w, database.scope():
+                    with db_read_only() as session:
+                        assert session.get(Item, item_id).name == real.id("a")
+                counts["read"].append(w.round_trips)
+                with proxy.window("write") as w, database.scope():
+                    with db_transaction() as session:
+                        item = Item(name=real.id("w"))
+                        session.add(item)
+                        session.flush()  # INSERT
+                        item.name = real.id("w2")  # UPDATE at the commit's flush
+                counts["write"].append(w.round_trips)
+        finally:
+            database.dispose()
+    assert counts["read"][1:] == [1, 1], counts
+    assert counts["write"][1:] == [3, 3], counts  # INSERT, UPDATE, COMMIT
