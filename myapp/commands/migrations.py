@@ -37,7 +37,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from myapp.db.mysql import is_mysql
+from myapp.db.mysql import CHARSET, COLLATION, is_mysql
+from myapp.db.mysql import error_code as mysql_error_code
 from myapp.db.replicas import replica_lines
 
 from .context import CommandContext
@@ -299,12 +300,39 @@ def _half_applied(
 
 
 def is_missing_database(exc: BaseException) -> bool:
-    """True if connecting failed because the PostgreSQL database does not exist (3D000)."""
+    """True if connecting failed because the database does not exist.
+
+    PostgreSQL: SQLSTATE 3D000; MySQL/MariaDB: error 1049 ("Unknown database").
+    """
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None)
+    if mysql_error_code(exc) == 1049:
+        return True
     return sqlstate == "3D000" or (
         orig is not None and "does not exist" in str(orig) and "database" in str(orig)
     )
+
+
+def create_mysql_database(engine: Engine) -> str:
+    """``CREATE DATABASE`` for ``engine``'s MySQL/MariaDB database (utf8mb4, myapp's
+    collation), connected to the server without a database. Returns the name; raises
+    :class:`CommandError` with the statement to run when it cannot."""
+    from sqlalchemy import create_engine
+
+    name = engine.url.database or ""
+    admin = create_engine(engine.url.set(database=""), isolation_level="AUTOCOMMIT")
+    statement = f"CREATE DATABASE `{name}` CHARACTER SET {CHARSET} COLLATE {COLLATION}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(statement)
+    except DBAPIError as exc:
+        raise CommandError(
+            f"the database {name!r} does not exist and could not be created "
+            f"({one_line(str(exc.orig or exc))}); create it with: {statement}"
+        ) from exc
+    finally:
+        admin.dispose()
+    return name
 
 
 def create_postgresql_database(engine: Engine) -> str:
@@ -347,15 +375,18 @@ class InitDB(Command):
     help = "Create the database (and the SQLite file) and migrate it to the latest schema"
     description = (
         "Create the database schema by running every alembic migration up to head. "
-        "For SQLite the file and its directory are created; a PostgreSQL database that "
-        "does not exist yet is created (CREATE DATABASE, with the URL's credentials), or "
-        "the error says which command creates it. Running it again is harmless."
+        "For SQLite the file and its directory are created; a PostgreSQL or MySQL/MariaDB "
+        "database that does not exist yet is created (CREATE DATABASE, with the URL's "
+        "credentials; MySQL/MariaDB: utf8mb4, collation utf8mb4_nopad_bin), or the error "
+        "says which command creates it. Running it again is harmless. MySQL/MariaDB cannot "
+        "roll DDL back: a migration that fails half-way is reported (what was applied, what "
+        "failed) and the next initdb or migrate finishes it."
     )
     atomic = False
 
     def handle(self, ctx: CommandContext, **options: Any) -> None:
         engine: Engine = ctx.db.engine
-        if engine.dialect.name == "postgresql":
+        if engine.dialect.name == "postgresql" or is_mysql(engine.dialect):
             missing = False
             try:
                 with engine.connect():
@@ -365,7 +396,8 @@ class InitDB(Command):
                     raise CommandError(connection_error_message(exc, engine)) from exc
                 missing = True
             if missing:  # outside the except block: its errors are about creating it
-                name = create_postgresql_database(engine)
+                create = create_mysql_database if is_mysql(engine.dialect) else None
+                name = (create or create_postgresql_database)(engine)
                 engine.dispose()
                 ctx.out(f"{database_label(engine)}: created the database {name}")
         upgrade(ctx, "heads")
@@ -378,7 +410,11 @@ class Migrate(Command):
     description = """
         Alembic, configured from the same ini file (its [alembic] section) and connected
         to the application's database (DATABASE_URL wins over sqlalchemy.url). Each action
-        runs in one database transaction: a failing migration leaves nothing behind.
+        runs in one database transaction: on PostgreSQL and SQLite a failing migration leaves
+        nothing behind. MySQL/MariaDB commit each DDL statement at once: a migration that
+        fails half-way is reported with the statements it applied and the one that failed,
+        'myapp check' fails until it is finished, and rerunning 'myapp migrate' finishes it
+        (myapp's migration steps check the schema before acting).
 
         examples:
           myapp migrate                          upgrade to the latest revision

@@ -160,3 +160,38 @@ def test_each_step_of_myapps_migrations_is_safe_to_rerun(backend: str, cli: Cli,
 def schema_after_downgrade(cli: Cli) -> tuple[set[str], None, None]:
     with cli.engine() as engine:
         return set(inspect(engine).get_table_names()), None, None
+
+
+@pytest.mark.mysql_only
+def test_initdb_creates_a_missing_mysql_database(
+    backend: str, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from myapp.commands import main
+    from myapp.db import create_engine_for
+
+    url = make_url(cli.url)
+    missing = url.set(database=(url.database or "") + "_new")
+    ini = write_ini(tmp_path / "new.ini", missing.render_as_string(hide_password=False))
+    for name in ("MYAPP_ENV", "MYAPP_CONFIG", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    admin = create_engine_for(url.render_as_string(hide_password=False))
+    try:
+        assert main(["-c", str(ini), "initdb"]) == 0
+        out = capsys.readouterr().out
+        assert f"created the database {missing.database}" in out
+        assert f"upgraded (empty) -> {HEAD}" in out
+        with admin.connect() as conn:
+            collation = conn.exec_driver_sql(
+                "SELECT default_collation_name FROM information_schema.schemata "
+                "WHERE schema_name = %(name)s",
+                {"name": missing.database},
+            ).scalar()
+        assert collation == "utf8mb4_nopad_bin"
+        assert main(["-c", str(ini), "initdb"]) == 0  # again: harmless
+        assert "nothing to do" in capsys.readouterr().out
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{missing.database}`")
+        admin.dispose()
