@@ -19,11 +19,18 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import op
+
+
+def _op() -> Any:
+    """alembic's ``op`` as the running migration sees it (looked up at each call: the
+    migration scripts import it afresh at each run, and so must these steps)."""
+    from alembic import op
+
+    return op
 
 
 def _inspector() -> Any:
-    return sa.inspect(op.get_bind())
+    return sa.inspect(_op().get_bind())
 
 
 def has_table(name: str) -> bool:
@@ -47,19 +54,19 @@ def has_index(table: str, name: str) -> bool:
 def create_table(name: str, *columns: Any, **kw: Any) -> None:
     """``op.create_table`` unless the table exists."""
     if not has_table(name):
-        op.create_table(name, *columns, **kw)
+        _op().create_table(name, *columns, **kw)
 
 
 def drop_table(name: str) -> None:
     """``op.drop_table`` if the table exists."""
     if has_table(name):
-        op.drop_table(name)
+        _op().drop_table(name)
 
 
 def create_index(name: str, table: str, columns: list[str], *, unique: bool = False) -> None:
     """``op.create_index`` unless an index of that name exists."""
     if not has_index(table, name):
-        op.create_index(name, table, columns, unique=unique)
+        _op().create_index(name, table, columns, unique=unique)
 
 
 def drop_index(name: str, table: str) -> None:
@@ -78,32 +85,32 @@ def drop_index(name: str, table: str) -> None:
         for fk in inspector.get_foreign_keys(table):
             if fk["constrained_columns"] == columns[: len(fk["constrained_columns"])]:
                 return
-    op.drop_index(name, table_name=table)
+    _op().drop_index(name, table_name=table)
 
 
 def add_column(table: str, column: sa.Column[Any]) -> None:
     """``add_column`` (batch mode on SQLite) unless the column exists."""
     if not has_column(table, column.name):
-        with op.batch_alter_table(table) as batch:
+        with _op().batch_alter_table(table) as batch:
             batch.add_column(column)
 
 
 def drop_column(table: str, name: str) -> None:
     """``drop_column`` (batch mode on SQLite) if the column exists."""
     if has_table(table) and has_column(table, name):
-        with op.batch_alter_table(table) as batch:
+        with _op().batch_alter_table(table) as batch:
             batch.drop_column(name)
 
 
 def create_unique_constraint(name: str, table: str, columns: list[str]) -> None:
     """A unique constraint (batch mode on SQLite) unless one of that name exists."""
     if not has_index(table, name):
-        with op.batch_alter_table(table) as batch:
+        with _op().batch_alter_table(table) as batch:
             batch.create_unique_constraint(name, columns)
 
 
 def drop_constraint(name: str, table: str, type_: str) -> None:
     """``drop_constraint`` (batch mode on SQLite) if it exists (unique constraints)."""
     if has_table(table) and has_index(table, name):
-        with op.batch_alter_table(table) as batch:
+        with _op().batch_alter_table(table) as batch:
             batch.drop_constraint(name, type_=type_)
