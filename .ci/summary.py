@@ -1,12 +1,14 @@
 """CI's verdict on the JUnit files of every leg: counts per Python and per backend, no skips.
 
-Usage: python .ci/summary.py ALLOWED_SKIPS LEG=JUNIT.xml [LEG=JUNIT.xml ...]
+Usage: python .ci/summary.py ALLOWED_SKIPS LEG[@BACKENDS]=JUNIT.xml [...]
 
 A leg is one Python (``3.11``, ``3.12``, ``3.13``, ``3.11-floors``) and one suite. Prints,
-per leg and per backend (from the test id's ``sqlite``/``postgresql`` parameter; ``-`` for
-tests without one), how many passed, failed, errored and were skipped. Fails (exit 1) if a
-test failed or errored, if a declared backend ran no test in a leg that uses the database,
-or if a test was skipped without being on the allow-list.
+per leg and per backend (from the test id's ``sqlite``/``postgresql``/``mysql`` parameter;
+``-`` for tests without one), how many passed, failed, errored and were skipped, then the
+totals per backend. ``@BACKENDS`` (comma-separated) declares the backends a leg runs
+(default ``sqlite,postgresql``). Fails (exit 1) if a test failed or errored, if a declared
+backend ran no test in a leg that uses the database, if no leg declared and ran the mysql
+backend (the MariaDB half of CI), or if a test was skipped without being on the allow-list.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
 
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "mysql")
+#: the backends of a leg that declares none
+DEFAULT_BACKENDS = ("sqlite", "postgresql")
+#: backends CI must have run somewhere (the MariaDB half of CI included)
+REQUIRED = ("sqlite", "postgresql", "mysql")
 
 
 def backend_of(name: str) -> str:
@@ -66,9 +72,12 @@ def main(argv: list[str]) -> int:
     allowed = allowed_patterns(Path(argv[1]))
     problems: list[str] = []
     per_python: dict[str, Counter[str]] = defaultdict(Counter)
+    per_backend: dict[str, Counter[str]] = defaultdict(Counter)
     print(f"{'leg':<34} {'backend':<11} {'passed':>7} {'failed':>7} {'errors':>7} {'skipped':>8}")
     for spec in argv[2:]:
         leg, _, path = spec.partition("=")
+        leg, _, declared = leg.partition("@")
+        expected = tuple(declared.split(",")) if declared else DEFAULT_BACKENDS
         cases = list(ET.parse(path).getroot().iter("testcase"))
         counts: dict[str, Counter[str]] = defaultdict(Counter)
         for case in cases:
@@ -88,8 +97,9 @@ def main(argv: list[str]) -> int:
                 f"{c['skipped']:>8}"
             )
             per_python[leg.split(":")[0]].update(c)
+            per_backend[backend].update(c)
         if any(b in counts for b in BACKENDS):
-            for backend in BACKENDS:
+            for backend in expected:
                 if counts[backend]["passed"] == 0:
                     problems.append(f"{leg}: no {backend} test passed (the backend did not run)")
         if not cases:
@@ -101,6 +111,16 @@ def main(argv: list[str]) -> int:
             f"Python {python}: {total} tests: {c['passed']} passed, {c['failure']} failed, "
             f"{c['error']} errors, {c['skipped']} skipped"
         )
+    print()
+    for backend in (*BACKENDS, "-"):
+        c = per_backend.get(backend, Counter())
+        print(
+            f"backend {backend}: {c['passed']} passed, {c['failure']} failed, "
+            f"{c['error']} errors, {c['skipped']} skipped"
+        )
+    for backend in REQUIRED:
+        if per_backend[backend]["passed"] == 0:
+            problems.append(f"no {backend} test passed in any leg (that half of CI did not run)")
     if problems:
         print("\nCI FAILED:", *problems, sep="\n  ")
         return 1

@@ -4,6 +4,7 @@
     python -m benchmarks.batch_load --dburl postgresql://127.0.0.1/test \
         --sizes 10000,100000,1000000 --rounds-large 1                      # + 1M rows, once
     python -m benchmarks.batch_load --db sqlite                            # no COPY there
+    python -m benchmarks.batch_load --db mysql --dburl mysql://root@127.0.0.1/test  # nor here
 
 Competitors, each writing the same generated bookings (rows made lazily, one
 at a time, so the generator itself holds nothing) in batches of
@@ -401,8 +402,10 @@ def plot(backend: str, results: dict[str, Any], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
-    parser.add_argument("--dburl", help="PostgreSQL server URL (a fresh database is created)")
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "mysql"], default="postgresql")
+    parser.add_argument(
+        "--dburl", help="PostgreSQL or MySQL/MariaDB server URL (a fresh database is created)"
+    )
     parser.add_argument(
         "--sizes", default="10000,100000", type=lambda s: [int(x) for x in s.split(",")]
     )
@@ -421,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, args.url, args.rows, args.batch_size)))
         return 0
     competitors = [c for c in args.competitors.split(",") if c]
-    if args.db == "sqlite":
-        competitors = [c for c in competitors if c != "copy"]
+    if args.db != "postgresql":
+        competitors = [c for c in competitors if c != "copy"]  # PostgreSQL's COPY
     if "core" not in competitors:
         parser.error("core is the reference: keep it in --competitors")
     args.sizes = sorted(args.sizes)
@@ -434,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             results = measure(url, args, competitors)
         else:
             if not args.dburl:
-                parser.error("--db postgresql needs --dburl")
+                parser.error(f"--db {args.db} needs --dburl")
             with fresh_pg_database(args.dburl) as url:
                 migrate(url)
                 prepare(url)

@@ -40,10 +40,29 @@ PG_BENCH_PREFIX = "myapp_bench_"
 
 @contextmanager
 def fresh_pg_database(server_url: str) -> Iterator[str]:
-    """A new PostgreSQL database on ``server_url``; yields its URL; dropped (FORCE) at exit."""
+    """A new PostgreSQL database on ``server_url``; yields its URL; dropped (FORCE) at exit.
+
+    A MySQL/MariaDB server URL gets a MySQL database (utf8mb4, myapp's collation).
+    """
     server = make_url(normalise_url(server_url))
     name = f"{PG_BENCH_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
     admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=_null_pool())
+    if server.get_backend_name() in ("mysql", "mariadb"):
+        from myapp.db.mysql import CHARSET, COLLATION
+
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    f"CREATE DATABASE `{name}` CHARACTER SET {CHARSET} COLLATE {COLLATION}"
+                )
+            try:
+                yield server.set(database=name).render_as_string(hide_password=False)
+            finally:
+                with admin.connect() as conn:
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            admin.dispose()
+        return
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -105,7 +124,10 @@ def plain_engine(url: str, **options: Any) -> Engine:
 
 
 def backend_of(url: str) -> str:
-    return "sqlite" if normalise_url(url).startswith("sqlite") else "postgresql"
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        return "sqlite"
+    return "mysql" if make_url(url).get_backend_name() in ("mysql", "mariadb") else "postgresql"
 
 
 # ---------------------------------------------------------------------------

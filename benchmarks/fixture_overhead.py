@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 from myapp.db import Database, create_engine_for
 from myapp.db.scope import Scope
 from myapp.models import Base
-from myapp.testing.plugin import PostgresTestDatabase, isolated_db, run_migrations
+from myapp.testing.plugin import isolated_db, run_migrations
 
 SELECT_1 = select(1)
 
@@ -186,7 +186,10 @@ def backend_urls(name: str, dburl: str | None, tmp: Path) -> Iterator[tuple[str,
     if name == "sqlite":
         yield f"sqlite:///{tmp / 'fixtures.sqlite'}", f"sqlite:///{tmp / 'rebuild.sqlite'}"
         return
-    first, second = PostgresTestDatabase(dburl), PostgresTestDatabase(dburl)
+    from myapp.testing.database import test_database_for
+
+    assert dburl is not None
+    first, second = test_database_for(dburl), test_database_for(dburl)  # PostgreSQL or MySQL
     try:
         yield first.create(), second.create()
     finally:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.isolation                                        # SQLite
     python -m benchmarks.isolation --dburl postgresql://127.0.0.1/test    # + PostgreSQL
+    python -m benchmarks.isolation --mysql-url mysql://root@127.0.0.1/test  # + MariaDB
 
 The measuring is :mod:`benchmarks.fixture_overhead` (issue 3's script, reused
 as it is: see its docstring for the modes); this wrapper runs it, checks the
@@ -20,7 +21,7 @@ from benchmarks import fixture_overhead
 from benchmarks.common import DEFAULT_OUT, machine_info, save_figure, write_json
 
 #: issue 7's goals: savepoint fixture per test (ms) by backend, vs the raw floor, vs migrating
-GOAL_MS = {"sqlite": 1.0, "postgresql": 3.0}
+GOAL_MS = {"sqlite": 1.0, "postgresql": 3.0, "mysql": 3.0}
 GOAL_VS_FLOOR = 1.3
 GOAL_VS_MIGRATIONS = 50.0
 
@@ -71,6 +72,7 @@ def plot(results: dict[str, dict[str, float]], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dburl", help="PostgreSQL server URL: also measure PostgreSQL")
+    parser.add_argument("--mysql-url", help="MySQL/MariaDB server URL: also measure it")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--slow-iterations", type=int, default=3)
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"sqlite": fixture_overhead.run_backend("sqlite", None, args)}
     if args.dburl:
         results["postgresql"] = fixture_overhead.run_backend("postgresql", args.dburl, args)
+    if args.mysql_url:
+        results["mysql"] = fixture_overhead.run_backend("mysql", args.mysql_url, args)
     checks = goals(results)
     data = {
         "benchmark": "isolation",

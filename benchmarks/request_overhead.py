@@ -117,7 +117,10 @@ def seed_items(url: str, count: int) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(insert(items), [{"name": None} for _ in range(count)])
-            conn.exec_driver_sql("UPDATE items SET name = 'Item #' || id")
+            if conn.dialect.name in ("mysql", "mariadb"):
+                conn.exec_driver_sql("UPDATE items SET name = CONCAT('Item #', id)")
+            else:
+                conn.exec_driver_sql("UPDATE items SET name = 'Item #' || id")
     finally:
         engine.dispose()
 
@@ -131,7 +134,7 @@ def database(kind: str, dburl: str | None, tmp: Path) -> Iterator[str]:
         yield url
         return
     if not dburl:
-        raise SystemExit("--db postgresql needs --dburl (a PostgreSQL server URL)")
+        raise SystemExit(f"--db {kind} needs --dburl (a {kind} server URL)")
     with fresh_pg_database(dburl) as url:
         migrate(url)
         yield url
@@ -301,8 +304,13 @@ def plot(backend: str, figures: dict[str, Any], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="sqlite")
-    parser.add_argument("--dburl", help="PostgreSQL server URL (a fresh database is created)")
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "mysql", "both"], default="sqlite")
+    parser.add_argument(
+        "--dburl",
+        help="PostgreSQL or MySQL/MariaDB server URL (a fresh database is created); "
+        "mysql+pymysql:// or mysql+mysqldb:// picks the driver",
+    )
+    parser.add_argument("--label", default="", help="suffix of the output files' backend name")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2000, help="requests per burst")
     parser.add_argument("--concurrency", type=int, default=4, help="client connections")
@@ -322,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "request_overhead",
             "backend": backend,
             "machine": machine_info(args.dburl if backend == "postgresql" else None),
+            "dburl_driver": args.dburl.split(":", 1)[0] if args.dburl else None,
             "parameters": {
                 k: getattr(args, k)
                 for k in ("rounds", "requests", "concurrency", "threads", "items", "max_seconds")
@@ -329,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             "goals": {f"myapp/{k}": v for k, v in GOALS.items()},
             "results": figures,
         }
-        write_json(args.out, f"request_overhead_{backend}", data)
+        write_json(args.out, f"request_overhead_{backend}{args.label}", data)
         if not args.no_plot:
-            plot(backend, figures, args.out)
+            plot(backend + args.label, figures, args.out)
         print(report(backend, figures), flush=True)
     return 0
 

@@ -25,12 +25,23 @@ def _settings() -> dict:
     return dict(loader.get_wsgi_app_settings())
 
 
+#: tables that are not the models' (``alembic check`` and autogenerate leave them alone)
+NOT_MODELS = {"myapp_migration_journal"}
+
+
+def _include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    return not (type_ == "table" and name in NOT_MODELS)
+
+
 def _configure(connection: Connection) -> None:
+    on_version_apply = config.attributes.get("on_version_apply")  # myapp migrate (MySQL)
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=_include_name,
+        on_version_apply=[on_version_apply] if on_version_apply else (),
     )
 
 

@@ -35,8 +35,8 @@ import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 
-from . import sqlite
-from .settings import database_url, engine_options
+from . import mysql, sqlite
+from .settings import database_url, engine_options, normalise_url
 
 #: SQLite transactions begun inside the block take the write lock at once (BEGIN IMMEDIATE).
 sqlite_write_intent = sqlite.write_intent
@@ -46,14 +46,15 @@ def engine_from_settings(settings: Mapping[str, Any], prefix: str = "sqlalchemy.
     """Create the engine described by ``settings`` (see :mod:`myapp.db.settings`).
 
     SQLite engines get the transactional workaround of :mod:`myapp.db.sqlite`
-    and their directory is created; PostgreSQL URLs use psycopg 3.
+    and their directory is created; PostgreSQL URLs use psycopg 3; MySQL/MariaDB
+    engines get utf8mb4, strict mode, UTC and READ COMMITTED (:mod:`myapp.db.mysql`).
     """
     return create_engine_for(database_url(settings, prefix), **engine_options(settings, prefix))
 
 
 def create_engine_for(url: str, **options: Any) -> Engine:
-    """``create_engine`` with myapp's per-dialect rules applied."""
-    parsed = make_url(url)
+    """``create_engine`` with myapp's per-dialect rules applied (the URL normalised first)."""
+    parsed = make_url(normalise_url(url) if isinstance(url, str) else url)
     pipelined = options.pop("pipeline_begin", True)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -65,6 +66,8 @@ def create_engine_for(url: str, **options: Any) -> Engine:
                 options.pop(key, None)
         options.setdefault("connect_args", {})["check_same_thread"] = False
         return sqlite.install(create_engine(parsed, **options))
+    if mysql.is_mysql(parsed.get_backend_name()):
+        return mysql.install(create_engine(parsed, **mysql.engine_options(options)))
     engine = create_engine(parsed, **options)
     if pipelined and engine.dialect.driver == "psycopg":
         pipeline_begin(engine)

@@ -31,10 +31,22 @@ DEFAULT_TIMEZONE = ZoneInfo("Europe/Paris")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware datetime stored in UTC on every backend (SQLite has no time zones)."""
+    """A timezone-aware datetime stored in UTC on every backend (SQLite has no time zones).
+
+    PostgreSQL: ``timestamptz``. SQLite and MySQL/MariaDB: the naive UTC value
+    (MySQL/MariaDB: ``DATETIME(6)``, microseconds kept; its ``TIMESTAMP`` would
+    end in 2038 and convert through the session time zone).
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(self.impl)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -42,7 +54,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: give a timezone-aware datetime")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name != "postgresql" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -40,7 +40,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
 
-from . import sqlite
+from . import mysql, sqlite
 from .errors import MaintenanceMode, ReadOnlyViolation
 from .manager import current_transaction
 from .writes import MAINTENANCE, READ_ONLY
@@ -90,6 +90,14 @@ def create_read_engine(url: str, **options: Any) -> Engine:
         engine.dialect.do_savepoint = _pg_savepoint_in_block.__get__(engine.dialect)  # type: ignore[method-assign]
         # a server-side cursor (stream_results / yield_per) is DECLAREd: it needs a block too
         engine.dialect.do_execute = _pg_execute_named_in_block.__get__(engine.dialect)  # type: ignore[method-assign]
+    elif mysql.is_mysql(parsed.get_backend_name()):
+        options = mysql.engine_options(options, read_only=True)
+        engine = mysql.install(create_engine(parsed, **options), read_only=True)
+        dialect = engine.dialect
+        dialect.do_savepoint = _mysql_savepoint_in_block.__get__(dialect)  # type: ignore[method-assign]
+        # COMMIT/ROLLBACK only where a block was begun (a snapshot, a savepoint)
+        dialect.do_commit = _mysql_end_block.__get__(dialect)  # type: ignore[method-assign]
+        dialect.do_rollback = _mysql_end_block.__get__(dialect)  # type: ignore[method-assign]
     else:
         raise ValueError(f"no read path for the {parsed.get_backend_name()!r} backend")
     install_error_mapping(engine)
@@ -130,13 +138,31 @@ def _pg_execute_named_in_block(
     type(dialect).do_execute(dialect, cursor, statement, parameters, context)
 
 
-def begin_block(connection: Connection, sql: str = "BEGIN") -> bool:
-    """On an autocommit PostgreSQL connection outside a transaction block, send ``sql``.
+def _mysql_savepoint_in_block(dialect: Any, connection: Connection, name: str) -> None:
+    begin_block(connection)
+    type(dialect).do_savepoint(dialect, connection, name)
 
-    Returns True if it was sent. The block ends with the unit of work's commit or
-    rollback (psycopg sends ``COMMIT``/``ROLLBACK`` only when a block is open).
+
+def _mysql_end_block(dialect: Any, dbapi_connection: Any) -> None:
+    # a MySQL read engine's COMMIT and ROLLBACK (autocommit): only a block begun by
+    # begin_block is open, and it only read (PyMySQL would send one whatever the state)
+    mysql.end_block(dbapi_connection)
+
+
+def begin_block(connection: Connection, sql: str = "BEGIN") -> bool:
+    """On an autocommit connection outside a transaction block, send ``sql``.
+
+    PostgreSQL and MySQL/MariaDB read engines. Returns True if it was sent. The
+    block ends with the unit of work's commit or rollback (psycopg sends
+    ``COMMIT``/``ROLLBACK`` only when a block is open; a MySQL read engine's
+    dialect asks the server's status flags). On MySQL ``BEGIN`` is sent as
+    ``START TRANSACTION READ ONLY``.
     """
     dbapi = connection.connection.dbapi_connection
+    if mysql.is_mysql(connection.dialect):
+        if not is_read_engine(connection.engine):
+            return False
+        return mysql.begin_block(dbapi, "START TRANSACTION READ ONLY" if sql == "BEGIN" else sql)
     info = getattr(dbapi, "info", None)
     if info is None or not getattr(dbapi, "autocommit", False):
         return False
@@ -152,7 +178,11 @@ def enforce_read_only(session: Any, connection: Connection) -> None:
     Nothing to do on a read engine's connection (read-only already). PostgreSQL:
     ``SET TRANSACTION READ ONLY`` (ends with the transaction or savepoint); SQLite:
     ``PRAGMA query_only=ON``, lifted when the session's transaction ends
-    (:func:`lift_read_only`).
+    (:func:`lift_read_only`). MySQL/MariaDB: ``SET TRANSACTION READ ONLY``
+    before the transaction's first statement (it applies to the transaction the
+    statement begins); inside a transaction already under way (a savepoint, a
+    test's connection) the server refuses to change it (error 1568), so there
+    only the ORM's refusals apply (:mod:`myapp.db.writes`).
     """
     if is_read_engine(connection.engine):
         return
@@ -163,6 +193,12 @@ def enforce_read_only(session: Any, connection: Connection) -> None:
         raw = connection.connection.dbapi_connection
         raw.execute("PRAGMA query_only=ON")
         session.info.setdefault(QUERY_ONLY_LIFT, []).append(raw)
+    elif mysql.is_mysql(name):
+        # only for a transaction not yet begun on the server: SET TRANSACTION applies to
+        # the next transaction, which for a savepoint would be the whole outer one
+        nested = session.in_nested_transaction() or connection.in_nested_transaction()
+        if not nested and not mysql.in_transaction(connection.connection.dbapi_connection):
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def begin_read_only(session: Any, txn: Any, connection: Connection) -> None:
@@ -202,7 +238,7 @@ def is_read_only_error(exc: BaseException) -> bool:
         return False
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate == READ_ONLY_SQLSTATE:
+    if sqlstate == READ_ONLY_SQLSTATE or mysql.error_code(exc) == mysql.READ_ONLY_CODE:
         return True
     return "attempt to write a readonly database" in str(orig)
 
@@ -275,9 +311,24 @@ def begin_snapshot(session: Any, *, outermost: bool = False) -> bool:
     transaction (no read engine): ``SET TRANSACTION ISOLATION LEVEL REPEATABLE
     READ`` (the transaction has run no query yet). Otherwise (a transaction that
     already ran statements) the snapshot is that transaction's. SQLite: a
-    transaction reads one snapshot in WAL mode already.
+    transaction reads one snapshot in WAL mode already. MySQL/MariaDB: on a read
+    engine's connection, ``SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`` then
+    ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY``; ``outermost`` on a
+    primary connection whose transaction has not begun on the server, ``SET
+    TRANSACTION ISOLATION LEVEL REPEATABLE READ`` (the default is READ COMMITTED).
     """
     connection = session.connection()
+    if mysql.is_mysql(connection.dialect):
+        dbapi = connection.connection.dbapi_connection
+        if is_read_engine(connection.engine):
+            if mysql.in_block(dbapi):
+                return False
+            with dbapi.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            return begin_block(connection, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        if outermost and not mysql.in_transaction(dbapi):
+            connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return False
     if connection.dialect.name != "postgresql":
         return False
     if begin_block(connection, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"):
@@ -294,6 +345,9 @@ def end_block(session: Any) -> None:
     except Exception:
         return
     dbapi = connection.connection.dbapi_connection
+    if mysql.is_mysql(connection.dialect):
+        mysql.end_block(dbapi)
+        return
     info = getattr(dbapi, "info", None)
     if info is not None and int(info.transaction_status) != 0:
         dbapi.rollback()

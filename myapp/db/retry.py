@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from transaction.interfaces import TransientError
 
+from . import mysql
 from .errors import TransactionFailed
 
 #: PostgreSQL SQLSTATEs worth retrying the whole transaction for.
@@ -23,8 +24,10 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors that a fresh attempt of the whole transaction may not meet.
 
     Serialization failures and deadlocks (SQLSTATE 40001, 40P01), SQLite's
-    "database is locked", ``transaction``'s TransientError, stale ORM data,
-    and :class:`TransactionFailed` caused by one of those.
+    "database is locked", MySQL/MariaDB's deadlock (1213), lock wait timeout
+    (1205) and "record has changed" (1020) (:mod:`myapp.db.mysql`),
+    ``transaction``'s TransientError, stale ORM data, and
+    :class:`TransactionFailed` caused by one of those.
     """
     if isinstance(exc, TransientError | StaleDataError):
         return True
@@ -36,6 +39,8 @@ def is_transient(exc: BaseException) -> bool:
         if sqlstate in RETRYABLE_SQLSTATES:
             return True
         if isinstance(exc, OperationalError) and "database is locked" in str(orig):
+            return True
+        if mysql.retryable_error(exc):
             return True
     return False
 

@@ -378,12 +378,12 @@ class Database:
         url = self.engine.url
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             return None
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
+        if url.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
             return None
         pool = self.engine.pool
         options: dict[str, Any] = {}
         size = getattr(pool, "size", None)
-        if callable(size) and url.get_backend_name() == "postgresql":
+        if callable(size) and url.get_backend_name() != "sqlite":
             options["pool_size"] = size()
             options["max_overflow"] = getattr(pool, "_max_overflow", 10)
         recycle = getattr(pool, "_recycle", -1)

@@ -90,11 +90,16 @@ def database_url(settings: Mapping[str, Any], prefix: str = "sqlalchemy.") -> st
 
 
 def normalise_url(url: str) -> str:
-    """Accept the URLs people paste: ``postgres://`` and ``postgresql://`` mean psycopg 3."""
+    """Accept the URLs people paste: ``postgres://`` and ``postgresql://`` mean psycopg 3.
+
+    ``mysql://`` and ``mariadb://`` get myapp's MySQL driver (:mod:`myapp.db.mysql`).
+    """
     for plain in ("postgres://", "postgresql://"):
         if url.startswith(plain):
             return "postgresql+psycopg://" + url[len(plain) :]
-    return url
+    from .mysql import driver_url
+
+    return driver_url(url)
 
 
 def engine_options(settings: Mapping[str, Any], prefix: str = "sqlalchemy.") -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""Test databases: a fresh PostgreSQL database per run (or xdist worker), and its schema.
+"""Test databases: a fresh server database per run (or xdist worker), and its schema.
 
-:class:`PostgresTestDatabase` creates ``<prefix><worker>_<host>_<pid>_<random>``
-on the ``--dburl`` server and drops it after the run; a run killed with
-SIGKILL leaves its database behind, and the next run on the same machine
-drops it. :func:`build_schema` builds the schema once per run, from a
+:class:`PostgresTestDatabase` (and :class:`MysqlTestDatabase`, MySQL/MariaDB)
+creates ``<prefix><worker>_<host>_<pid>_<random>`` on the ``--dburl`` server
+and drops it after the run; a run killed with SIGKILL leaves its database
+behind, and the next run on the same machine drops it. :func:`test_database_for`
+picks the class from the URL. :func:`build_schema` builds the schema once per run, from a
 ``MetaData`` (``create_all``) or alembic migrations (``upgrade head`` on the
 given connection).
 """
@@ -22,6 +23,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from myapp.db import create_engine_for
+from myapp.db.mysql import CHARSET, COLLATION, is_mysql
 from myapp.db.settings import normalise_url
 
 #: default prefix of the PostgreSQL databases the toolkit creates (and drops)
@@ -192,3 +194,85 @@ class PostgresTestDatabase:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         finally:
             admin.dispose()
+
+
+class MysqlTestDatabase(PostgresTestDatabase):
+    """A MySQL/MariaDB database created for one test run (or xdist worker) and dropped after it.
+
+    Created ``utf8mb4`` with myapp's collation (:data:`myapp.db.mysql.COLLATION`).
+    The same naming and leftover rules as :class:`PostgresTestDatabase`; the
+    server has no ``DROP DATABASE ... WITH (FORCE)``, so :meth:`drop` first
+    kills the connections still on the database (``KILL CONNECTION``).
+    """
+
+    def drop_leftovers(self, conn: Connection) -> list[str]:
+        dropped = []
+        names = conn.exec_driver_sql(
+            "SELECT schema_name FROM information_schema.schemata "
+            "WHERE schema_name LIKE %(pattern)s",
+            {"pattern": self.prefix.replace("_", "\\_") + "%"},
+        ).scalars()
+        pattern = _name_pattern(self.prefix)
+        for name in list(names):
+            match = pattern.match(name)
+            if match is None or match["host"] != HOST_TAG or _process_alive(int(match["pid"])):
+                continue
+            if self._sessions(conn, name):
+                continue
+            try:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+            except sqlalchemy.exc.DBAPIError:
+                continue
+            dropped.append(name)
+        return dropped
+
+    @staticmethod
+    def _sessions(conn: Connection, name: str) -> list[int]:
+        return list(
+            conn.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist WHERE db = %(name)s "
+                "AND id <> CONNECTION_ID()",
+                {"name": name},
+            ).scalars()
+        )
+
+    def create(self) -> str:
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                self.drop_leftovers(conn)
+                conn.exec_driver_sql(
+                    f"CREATE DATABASE `{self.name}` CHARACTER SET {CHARSET} COLLATE {COLLATION}"
+                )
+        except Exception as exc:
+            raise pytest.UsageError(
+                f"--dburl {self.server_url.render_as_string()}: cannot create a test database "
+                f"there: {exc}"
+            ) from exc
+        finally:
+            admin.dispose()
+        return self.url.render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                for session_id in self._sessions(conn, self.name):
+                    try:
+                        conn.exec_driver_sql(f"KILL CONNECTION {int(session_id)}")
+                    except sqlalchemy.exc.DBAPIError:  # gone meanwhile
+                        pass
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{self.name}`")
+        finally:
+            admin.dispose()
+
+
+def test_database_for(server_url: str, prefix: str | None = None) -> PostgresTestDatabase:
+    """The test database class for ``server_url``'s backend (PostgreSQL or MySQL/MariaDB)."""
+    backend = make_url(normalise_url(server_url)).get_backend_name()
+    if is_mysql(backend):
+        return MysqlTestDatabase(server_url, prefix)
+    return PostgresTestDatabase(server_url, prefix)
+
+
+test_database_for.__test__ = False  # type: ignore[attr-defined]

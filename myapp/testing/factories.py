@@ -24,7 +24,7 @@ company and is ``assigned`` unless told otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -313,11 +313,13 @@ class CommittedRows(_CommittedRows):
         with self.database.scope():
             return dispatch.run(company_id=company_id, now=now)
 
-    def lock_waiters(self, query_like: str, timeout: float = 30) -> int:
+    def lock_waiters(
+        self, query_like: str, timeout: float = 30, give_up: Callable[[], Any] | None = None
+    ) -> int:
         """:func:`myapp.testing.helpers.lock_waiters` on this database."""
         from myapp.testing.helpers import lock_waiters
 
-        return lock_waiters(self.engine, query_like, timeout=timeout)
+        return lock_waiters(self.engine, query_like, timeout=timeout, give_up=give_up)
 
 
 @contextmanager

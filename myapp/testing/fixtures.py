@@ -30,7 +30,7 @@ from myapp.db import Database, create_engine_for, get_tm
 
 from .committed import CommittedRows
 from .config import ToolkitConfig
-from .database import PostgresTestDatabase
+from .database import test_database_for
 from .isolation import TestDB, isolated_db
 from .request_thread import RequestThread, threaded_wsgi
 from .tracker import LeakError, track
@@ -43,7 +43,7 @@ def toolkit_config(config: pytest.Config) -> ToolkitConfig:
 
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
-    """The database backend of this test run: ``sqlite`` or ``postgresql``."""
+    """The database backend of this test run: ``sqlite``, ``postgresql`` or ``mysql``."""
     return request.param
 
 
@@ -59,8 +59,8 @@ def dbengine(
     """
     build = toolkit_config(request.config).schema_builder()
     pg = None
-    if backend == "postgresql":
-        pg = PostgresTestDatabase(request.config.getoption("--dburl"))
+    if backend != "sqlite":
+        pg = test_database_for(request.config._myapp_servers[backend])  # type: ignore[attr-defined]
         url = pg.create()
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}"

@@ -208,8 +208,9 @@ def lock_waiters(
 ) -> int:
     """Wait until ``at_least`` sessions wait on a lock while running ``query_like``.
 
-    PostgreSQL only (``pg_stat_activity``); ``query_like`` is an ``ILIKE``
-    pattern. Returns how many sessions wait once there are enough, or when
+    PostgreSQL (``pg_stat_activity``) and MySQL/MariaDB (sessions whose statement is in
+    InnoDB's ``LOCK WAIT`` or still running after a second); ``query_like`` is a case-insensitive
+    ``LIKE`` pattern. Returns how many sessions wait once there are enough, or when
     ``timeout`` seconds passed or ``give_up()`` answered True (say, the thread
     that should block has ended): a test asserts on the count, then releases
     the lock it holds.
@@ -222,6 +223,16 @@ def lock_waiters(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         " AND wait_event_type = 'Lock' AND query ILIKE :query"
     )
+    if engine.dialect.name in ("mysql", "mariadb"):
+        # InnoDB's LOCK WAIT, or a statement still running after a second (MariaDB does not
+        # always list a transaction blocked in its first locking read in INNODB_TRX)
+        statement = text(
+            "SELECT count(*) FROM information_schema.processlist p"
+            " LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id"
+            " WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID() AND p.command = 'Query'"
+            " AND LOWER(p.info) LIKE LOWER(:query)"
+            " AND (t.trx_state = 'LOCK WAIT' OR p.time >= 1)"
+        )
     deadline = time.monotonic() + timeout
     with engine.connect() as probe:
         while True:

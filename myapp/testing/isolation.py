@@ -114,6 +114,11 @@ class _IsolatedDB(AbstractContextManager[TestDB]):
         self._saved = (kw.get("bind"), kw.get("join_transaction_mode"))
         try:
             self._outer = connection.begin()
+            if connection.dialect.name in ("mysql", "mariadb"):
+                # MySQL begins a transaction at its first statement: begin it now, or a
+                # SET TRANSACTION (a read-only request's) would apply to the test's whole
+                # outer transaction instead of being refused inside it
+                connection.exec_driver_sql("START TRANSACTION")
             # doomed: the session works in the outer transaction itself (no savepoint)
             kw["bind"] = connection
             kw["join_transaction_mode"] = "rollback_only" if self.doomed else "create_savepoint"

@@ -21,7 +21,10 @@ One job per module:
 * :mod:`myapp.testing.committed`: real commits, cleaned up (``committed_rows``).
 
 Backends: every test that uses the database runs once per backend, SQLite
-always, PostgreSQL when ``--dburl`` (or ``MYAPP_TEST_DBURL``) names a server.
+always, PostgreSQL and MySQL/MariaDB (the ``mysql`` backend) when ``--dburl``
+(repeatable, or ``MYAPP_TEST_DBURL``) names such a server. A test marked
+``@pytest.mark.not_mysql(reason=...)`` is not generated for the mysql backend;
+the run's summary lists those tests and their reasons.
 
 The leak guard: before each test the plugin notes a mark (O(1)); after the
 test's teardown it reclaims whatever connection any engine the toolkit made
@@ -62,6 +65,8 @@ from .request_thread import RequestThread, _RequestThread, threaded_wsgi  # noqa
 from .tracker import ConnectionTracker, LeakError  # noqa: F401
 
 ENV_DBURL = "MYAPP_TEST_DBURL"
+#: the backends a run may use
+BACKENDS = ("sqlite", "postgresql", "mysql")
 #: the name the fixtures module is registered under
 FIXTURES_PLUGIN = "myapp.testing.fixtures"
 
@@ -90,17 +95,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("myapp", "myapp database toolkit")
     group.addoption(
         "--dburl",
-        default=os.environ.get(ENV_DBURL) or None,
+        action="append",
+        default=None,
         help=(
-            "PostgreSQL server URL; the suite then also runs on PostgreSQL, in a fresh "
-            f"database created for the run (env: {ENV_DBURL})"
+            "a PostgreSQL (postgresql://) or MySQL/MariaDB (mysql://, mariadb://) server URL; "
+            "repeat it for both. The suite then also runs on that backend, in a fresh "
+            f"database created for the run (env: {ENV_DBURL}, URLs separated by spaces or commas)"
         ),
     )
     group.addoption(
         "--backends",
         default=None,
-        help="comma-separated backends to run: sqlite,postgresql (default: sqlite, plus "
-        "postgresql when --dburl is given)",
+        help="comma-separated backends to run: sqlite,postgresql,mysql (default: sqlite, plus "
+        "the backend of each --dburl)",
     )
     group.addoption(
         "--app-ini",
@@ -116,26 +123,90 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "doomed: use the faster doomed-transaction fixture mode (the test never commits)"
     )
     config.addinivalue_line("markers", "postgresql_only: the behaviour under test needs PostgreSQL")
+    config.addinivalue_line(
+        "markers",
+        "not_mysql(reason): the test is not generated for the mysql backend, for the reason "
+        "given (listed at the end of the run)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "mysql_only: a MySQL/MariaDB behaviour; deselected when the run has no mysql backend",
+    )
+    config.addinivalue_line(
+        "markers",
+        "server_only: the behaviour needs a database server (PostgreSQL or MySQL/MariaDB), "
+        "not SQLite (row locks, SKIP LOCKED, ...)",
+    )
+    config.addinivalue_line("markers", "myapp_deselect: (internal) deselected by the plugin")
     toolkit = ToolkitConfig.from_pytest(config)
     config._myapp_toolkit = toolkit  # type: ignore[attr-defined]
+    config._myapp_not_mysql = []  # type: ignore[attr-defined]
     if toolkit.db_prefix:
         try:
             set_database_prefix(toolkit.db_prefix)
         except ValueError as exc:
             raise pytest.UsageError(f"myapp_db_prefix: {exc}") from exc
-    dburl = config.getoption("--dburl")
+    servers = server_urls_from(config.getoption("--dburl"), os.environ.get(ENV_DBURL))
+    config._myapp_servers = servers  # type: ignore[attr-defined]
+    # compatibility: getoption("--dburl") answers the PostgreSQL server (or None)
+    config.option.dburl = servers.get("postgresql")
     requested = config.getoption("--backends")
-    backends = requested.split(",") if requested else ["sqlite"] + (["postgresql"] if dburl else [])
+    backends = requested.split(",") if requested else ["sqlite", *servers]
     for name in backends:
-        if name not in ("sqlite", "postgresql"):
+        if name not in BACKENDS:
             raise pytest.UsageError(f"--backends: unknown backend {name!r}")
-    if "postgresql" in backends and not dburl:
-        raise pytest.UsageError("the postgresql backend needs --dburl or MYAPP_TEST_DBURL")
+        if name != "sqlite" and name not in servers:
+            raise pytest.UsageError(
+                f"the {name} backend needs --dburl or MYAPP_TEST_DBURL "
+                f"({'postgresql' if name == 'postgresql' else 'mysql or mariadb'}://...)"
+            )
     config._myapp_backends = backends  # type: ignore[attr-defined]
     if toolkit.active and not config.pluginmanager.has_plugin(FIXTURES_PLUGIN):
         from . import fixtures
 
         config.pluginmanager.register(fixtures, FIXTURES_PLUGIN)
+
+
+def server_urls_from(options: list[str] | None, env: str | None) -> dict[str, str]:
+    """``{"postgresql": url, "mysql": url}`` from ``--dburl`` (repeatable) or the environment."""
+    urls = list(options or [])
+    if not urls and env:
+        urls = env.replace(",", " ").split()
+    servers: dict[str, str] = {}
+    for url in urls:
+        backend = backend_of_url(url)
+        if backend is None:
+            raise pytest.UsageError(
+                f"--dburl {url}: not a postgresql://, mysql:// or mariadb:// server URL"
+            )
+        if backend in servers:
+            raise pytest.UsageError(f"--dburl: two {backend} servers ({servers[backend]}, {url})")
+        servers[backend] = url
+    return servers
+
+
+def backend_of_url(url: str) -> str | None:
+    """The test backend of a server URL: ``postgresql``, ``mysql`` (MySQL or MariaDB), or None."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    if scheme in ("mysql", "mariadb"):
+        return "mysql"
+    return None
+
+
+def server_url(config: pytest.Config, backend: str) -> str | None:
+    """The ``--dburl`` server of ``backend`` (``postgresql``, ``mysql``), or None."""
+    return config._myapp_servers.get(backend)  # type: ignore[attr-defined,no-any-return]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Name the tests that were not generated for the mysql backend, with their reasons."""
+    excluded = getattr(config, "_myapp_not_mysql", None)
+    if excluded:
+        terminalreporter.write_sep("-", f"not run on mysql: {len(excluded)} test(s) (not_mysql)")
+        for nodeid, reason in excluded:
+            terminalreporter.write_line(f"{nodeid}: {reason}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -151,7 +222,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marker = metafunc.definition.get_closest_marker("postgresql_only")
         if marker is not None:
             backends = [b for b in backends if b == "postgresql"]
-            if not backends:
+            if not backends and config.getoption("--backends"):
+                # backends chosen explicitly, PostgreSQL not among them: deselected, not skipped
+                backends = [pytest.param("postgresql", marks=pytest.mark.myapp_deselect)]
+            elif not backends:
                 backends = [
                     pytest.param(
                         "postgresql",
@@ -160,7 +234,44 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                         ),
                     )
                 ]
+        if metafunc.definition.get_closest_marker("server_only") is not None:
+            backends = [b for b in backends if b != "sqlite"]
+            if not backends and config.getoption("--backends"):
+                backends = [pytest.param("postgresql", marks=pytest.mark.myapp_deselect)]
+            elif not backends:
+                backends = [
+                    pytest.param(
+                        "postgresql",
+                        marks=pytest.mark.skip(
+                            reason="needs a database server: pass --dburl or set MYAPP_TEST_DBURL"
+                        ),
+                    )
+                ]
+        if metafunc.definition.get_closest_marker("mysql_only") is not None:
+            # not a skip where no MySQL server is given: deselected (pytest says how many)
+            backends = [b for b in backends if b == "mysql"] or [
+                pytest.param("mysql", marks=pytest.mark.myapp_deselect)
+            ]
+        not_mysql = metafunc.definition.get_closest_marker("not_mysql")
+        if not_mysql is not None and "mysql" in backends:
+            reason = not_mysql.kwargs.get("reason") or (not_mysql.args or [""])[0]
+            if not reason:
+                raise pytest.UsageError(
+                    f"{metafunc.definition.nodeid}: @pytest.mark.not_mysql needs a reason"
+                )
+            backends = [b for b in backends if b != "mysql"]
+            config._myapp_not_mysql.append((metafunc.definition.nodeid, reason))  # type: ignore[attr-defined]
+            if not backends:  # a mysql-only run (--backends mysql): the test is not for it
+                backends = [pytest.param("mysql", marks=pytest.mark.myapp_deselect)]
         metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``mysql_only`` tests of a run without the mysql backend."""
+    deselected = [item for item in items if item.get_closest_marker("myapp_deselect")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("myapp_deselect")]
 
 
 # ---------------------------------------------------------------------------

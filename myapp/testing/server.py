@@ -75,8 +75,8 @@ class ServerProcess:
         sqlite_file: str = "server.sqlite",
         startup_timeout: float = 60.0,
     ) -> None:
-        if backend == "postgresql" and not dburl:
-            raise ValueError("the postgresql backend needs a server URL (--dburl)")
+        if backend != "sqlite" and not dburl:
+            raise ValueError(f"the {backend} backend needs a server URL (--dburl)")
         self.directory = Path(directory)
         self.backend = backend
         self.dburl = dburl
@@ -106,10 +106,10 @@ class ServerProcess:
         write_ini(self.base_ini, self.ini, self.settings)
         env = {k: v for k, v in os.environ.items() if k not in OVERRIDING_ENV}
         try:
-            if self.backend == "postgresql":
-                from .plugin import PostgresTestDatabase
+            if self.backend != "sqlite":  # PostgreSQL or MySQL/MariaDB: a fresh database
+                from .database import test_database_for
 
-                self._pg = PostgresTestDatabase(self.dburl)  # type: ignore[arg-type]
+                self._pg = test_database_for(self.dburl)  # type: ignore[arg-type]
                 self.database_url = env["DATABASE_URL"] = self._pg.create()
             migrate = subprocess.run(
                 [str(BIN / "alembic"), "-c", str(self.ini), "upgrade", "head"],

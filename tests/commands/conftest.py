@@ -2,7 +2,7 @@
 
 ``cli`` gives each test a fresh database on the current backend (a SQLite file
 under tmp_path, or a PostgreSQL database created for the test) and a
-temporary ini file copied from testing.ini. On PostgreSQL the URL reaches the
+temporary ini file copied from testing.ini. On PostgreSQL (and MySQL/MariaDB) the URL reaches the
 subprocess through ``DATABASE_URL``, as in production; the ini's own
 ``sqlalchemy.url`` then points at a SQLite file that must never be created.
 """
@@ -28,7 +28,8 @@ from myapp.testing.cli import (  # noqa: F401  (re-exported to the tests)
     run_myapp,
     write_ini,
 )
-from myapp.testing.plugin import PostgresTestDatabase, run_migrations
+from myapp.testing.database import test_database_for
+from myapp.testing.plugin import run_migrations, server_url
 
 
 def decoy_url(tmp_path: Path) -> str:
@@ -79,8 +80,8 @@ class Cli:
 def cli(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
     """A fresh, empty database on ``backend`` and the ini file pointing at it."""
     ini_sqlite = tmp_path / "var" / "nested" / "app.sqlite"  # the directory does not exist yet
-    if backend == "postgresql":
-        pg = PostgresTestDatabase(request.config.getoption("--dburl"))
+    if backend != "sqlite":
+        pg = test_database_for(server_url(request.config, backend) or "")
         url = pg.create()
         ini = write_ini(tmp_path / "app.ini", decoy_url(tmp_path))
         try:
@@ -128,7 +129,7 @@ def in_process(
 ) -> InProcess:
     monkeypatch.delenv("MYAPP_ENV", raising=False)
     monkeypatch.delenv("MYAPP_CONFIG", raising=False)
-    if migrated_cli.backend == "postgresql":
+    if migrated_cli.backend != "sqlite":
         monkeypatch.setenv("DATABASE_URL", migrated_cli.url)
     else:
         monkeypatch.delenv("DATABASE_URL", raising=False)

@@ -36,6 +36,7 @@ from sqlalchemy import create_engine, text
 
 from myapp.db.settings import normalise_url
 from myapp.testing.helpers import lock_waiters
+from myapp.testing.plugin import server_url
 from myapp.testing.server import ServerProcess
 
 THREADS = 16
@@ -118,7 +119,7 @@ def test_sigterm_under_load_finishes_every_received_request(
     server = ServerProcess(
         tmp_path,
         backend=backend,
-        dburl=request.config.getoption("--dburl"),
+        dburl=server_url(request.config, backend),
         base_ini=ROOT / "production.ini",
         settings={
             "myapp.session_secret": "graceful-test-session-secret-0123456789ab",

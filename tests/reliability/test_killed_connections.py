@@ -1,6 +1,7 @@
 """The database connection dies under a request; the database is gone at start-up, then back.
 
-Killed backends: a view records its backend's pid (``pg_backend_pid()``),
+Killed backends: a view records its backend's pid (``pg_backend_pid()``; MySQL/MariaDB:
+``CONNECTION_ID()``, killed with ``KILL CONNECTION``),
 writes a first row, signals the test and waits; the test terminates that
 backend from another connection (``pg_terminate_backend``), waits until
 PostgreSQL reports it gone, and lets the view go on to write a second row,
@@ -42,7 +43,19 @@ from myapp import main
 from myapp.db import current_session, current_transaction, db_transaction, get_tm
 from myapp.models import Item
 
-pytestmark = pytest.mark.postgresql_only
+# PostgreSQL (pg_terminate_backend) and MySQL/MariaDB (KILL CONNECTION)
+pytestmark = pytest.mark.server_only
+
+
+def _mysql(live: Live) -> bool:
+    return live.engine.dialect.name in ("mysql", "mariadb")
+
+
+def backend_pid(live: Live, session: Any) -> int:
+    """The server's id of ``session``'s connection."""
+    sql = "SELECT CONNECTION_ID()" if _mysql(live) else "SELECT pg_backend_pid()"
+    return int(session.scalar(text(sql)))
+
 
 KILLS = 100
 AT_COMMIT_KILLS = 10
@@ -65,7 +78,7 @@ class Killer:
         session = request.dbsession
         session.add(Item(name=self.live.name(f"-{n}-first")))
         session.flush()
-        pid = session.scalar(text("SELECT pg_backend_pid()"))
+        pid = backend_pid(self.live, session)
         if attempt == 0:
             self._wait_for_the_kill(pid)
         session.add(Item(name=self.live.name(f"-{n}-second")))
@@ -79,7 +92,7 @@ class Killer:
         session = request.dbsession
         session.add(Item(name=self.live.name(f"-{n}-first")))
         session.flush()
-        pid = session.scalar(text("SELECT pg_backend_pid()"))
+        pid = backend_pid(self.live, session)
         # killed inside the commit: after the before-commit hooks, the COMMIT itself fails
         request.tm.get().addBeforeCommitHook(lambda: self._wait_for_the_kill(pid))
         return {"n": n, "attempt": attempt}
@@ -92,13 +105,22 @@ class Killer:
     def kill_next(self) -> int:
         """Terminate the backend the waiting view reported; return its pid once it is gone."""
         pid = self.pids.get(timeout=30)
+        mysql = _mysql(self.live)
         with self.admin.connect() as conn:
-            assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            if mysql:
+                conn.exec_driver_sql(f"KILL CONNECTION {int(pid)}")
+            else:
+                assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             conn.commit()
             deadline = time.monotonic() + 10
             while True:
                 alive = conn.scalar(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                    text(
+                        "SELECT count(*) FROM information_schema.processlist WHERE id = :pid"
+                        if mysql
+                        else "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"
+                    ),
+                    {"pid": pid},
                 )
                 conn.commit()  # pg_stat_activity is a snapshot per transaction
                 if not alive:
@@ -177,7 +199,7 @@ def test_backend_killed_during_the_commit_is_a_503_not_a_replay(
         assert live.engine.pool.checkedout() == 0
     assert live.item_names() == []  # the server never committed those transactions
     response = server_thread.submit(lambda: testapp.get("/healthz", status=200)).result(60)
-    assert response.json == {"status": "ok", "database": "postgresql"}
+    assert response.json == {"status": "ok", "database": live.engine.dialect.name}
 
 
 def _terminate(live: Live, pid: int) -> None:
@@ -198,7 +220,7 @@ def test_a_unit_of_work_that_lost_its_connection_is_retried_once(live: Live) -> 
         session.add(Item(name=live.name("-first")))
         session.flush()
         if len(calls) == 1:
-            _terminate(live, session.scalar(text("SELECT pg_backend_pid()")))
+            _terminate(live, backend_pid(live, session))
         session.add(Item(name=live.name("-second")))
         session.flush()
 
@@ -219,7 +241,7 @@ def test_a_unit_of_work_that_lost_its_connection_in_the_commit_is_not_retried(
         calls.append(len(calls))
         session.add(Item(name=live.name("-first")))
         session.flush()
-        pid = session.scalar(text("SELECT pg_backend_pid()"))
+        pid = backend_pid(live, session)
         get_tm().get().addBeforeCommitHook(lambda: _terminate(live, pid))
 
     with live.database.scope():
@@ -243,7 +265,8 @@ def proxied_app(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("MYAPP_ENV", raising=False)
     target = make_url(dbengine.url.render_as_string(hide_password=False))
-    proxy = LoopbackProxy(("127.0.0.1", target.port or 5432))
+    default_port = 3306 if target.get_backend_name() in ("mysql", "mariadb") else 5432
+    proxy = LoopbackProxy(("127.0.0.1", target.port or default_port))
     url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     app = main(
         {},

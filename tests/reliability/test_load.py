@@ -44,6 +44,7 @@ from sqlalchemy import create_engine, text
 
 from myapp.db.settings import normalise_url
 from myapp.services.tokens import new_token_and_hash
+from myapp.testing.plugin import server_url
 from myapp.testing.server import ServerProcess
 
 REQUESTS = 10_000
@@ -233,7 +234,7 @@ def test_10000_mixed_requests_on_a_real_server(
     server = ServerProcess(
         tmp_path,
         backend=backend,
-        dburl=request.config.getoption("--dburl"),
+        dburl=server_url(request.config, backend),
         base_ini=ROOT / "production.ini",
         settings={
             "myapp.admin_token_hash": ADMIN_HASH,
@@ -300,6 +301,22 @@ def test_10000_mixed_requests_on_a_real_server(
                 print(f"{backend}: server sessions after the load, by state: {states}")
                 assert set(states) <= {"idle"}, states  # no request left a transaction open
                 assert states.get("idle", 0) <= 10 + 20, states
+            elif backend == "mysql":
+                with engine.connect() as conn:
+                    sessions, open_transactions = conn.execute(
+                        text(
+                            "SELECT count(*), count(t.trx_id) FROM information_schema.processlist p"
+                            " LEFT JOIN information_schema.innodb_trx t"
+                            " ON t.trx_mysql_thread_id = p.id"
+                            " WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+                        )
+                    ).one()
+                print(
+                    f"{backend}: server sessions after the load: {sessions}, "
+                    f"with an open InnoDB transaction: {open_transactions}"
+                )
+                assert open_transactions == 0  # no request left a transaction open
+                assert sessions <= 2 * (10 + 20), sessions  # the primary's and read pools
         finally:
             engine.dispose()
         if backend == "sqlite":

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 from reliability_helpers import ROOT, api_operations, fill, new_token_and_hash
 
+from myapp.testing.plugin import server_url
 from myapp.testing.server import BIN, OVERRIDING_ENV, ServerProcess, free_port, write_ini
 
 ADMIN_TOKEN, ADMIN_HASH = new_token_and_hash()
@@ -91,7 +92,7 @@ def server(
     process = ServerProcess(
         tmp_path_factory.mktemp(f"operations-{backend}"),
         backend=backend,
-        dburl=request.config.getoption("--dburl"),
+        dburl=server_url(request.config, backend),
         base_ini=ROOT / "production.ini",
         settings={
             "myapp.admin_token_hash": ADMIN_HASH,

@@ -37,8 +37,9 @@ from myapp.testing.cli import (  # noqa: F401  (re-exported to the tests)
     myapp_command,
     write_ini,
 )
+from myapp.testing.database import test_database_for
 from myapp.testing.factories import insert_company_rows
-from myapp.testing.plugin import PostgresTestDatabase, run_migrations
+from myapp.testing.plugin import run_migrations, server_url
 
 #: a fixed creation time for rows written by the tests
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -54,7 +55,7 @@ class Store:
         self.url = url
         self.ini = ini
         self.engine: Engine = create_engine_for(url, pool_size=5, max_overflow=10)
-        extra = {"DATABASE_URL": url} if backend == "postgresql" else {}
+        extra = {"DATABASE_URL": url} if backend != "sqlite" else {}
         self.environ = clean_environ(**extra)
 
     # -- running myapp -------------------------------------------------------
@@ -94,6 +95,8 @@ class Store:
             else:
                 for table in DOMAIN_TABLES:
                     conn.exec_driver_sql(f"DELETE FROM {table}")
+                    if self.backend == "mysql":  # ids start again at 1 (DDL: commits)
+                        conn.exec_driver_sql(f"ALTER TABLE {table} AUTO_INCREMENT = 1")
 
     def company(self, name: str = "c", drivers: int = 0) -> tuple[int, list[int]]:
         with self.engine.begin() as conn:
@@ -166,8 +169,8 @@ def store_database(
     """A database of the tests' own on ``backend``, migrated once (see :class:`Store`)."""
     directory = tmp_path_factory.mktemp(f"store-{backend}")
     pg = None
-    if backend == "postgresql":
-        pg = PostgresTestDatabase(request.config.getoption("--dburl"))
+    if backend != "sqlite":  # PostgreSQL or MySQL/MariaDB
+        pg = test_database_for(server_url(request.config, backend) or "")
         url = pg.create()
         ini = write_ini(directory / "app.ini", f"sqlite:///{directory}/never-used.sqlite")
     else:
@@ -217,6 +220,6 @@ def myapp(
     """Run ``myapp`` commands in-process against ``store``."""
     for name in ("MYAPP_ENV", "MYAPP_CONFIG", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    if store.backend == "postgresql":
+    if store.backend != "sqlite":
         monkeypatch.setenv("DATABASE_URL", store.url)
     return InProcess(store, capsys)

@@ -381,6 +381,14 @@ def install_failing_trigger(store: Store, booking_id: int) -> None:
                     f"WHEN (NEW.booking_id = {booking_id}) EXECUTE FUNCTION refuse_invoice()"
                 )
             )
+        elif store.backend == "mysql":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_invoice BEFORE INSERT ON invoices FOR EACH ROW "
+                    f"BEGIN IF NEW.booking_id = {booking_id} THEN SIGNAL SQLSTATE '45000' "
+                    "SET MESSAGE_TEXT = 'invoice refused by the test trigger'; END IF; END"
+                )
+            )
         else:
             conn.execute(
                 text(

@@ -18,6 +18,7 @@ import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 from myapp.models import Company, Driver
 from myapp.testing import persisted_fixture
 from myapp.testing.factories import CompanyFactory, DriverFactory
+from myapp.testing.plugin import server_url
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,8 +67,8 @@ class Inner:
 
     def args(self) -> list[str]:
         args = ["--backends", self.backend]
-        if self.backend == "postgresql":
-            assert self.dburl, "the postgresql backend needs --dburl"
+        if self.backend != "sqlite":
+            assert self.dburl, f"the {self.backend} backend needs --dburl"
             args += ["--dburl", self.dburl]
         return args
 
@@ -112,5 +113,5 @@ def inner(
     request: pytest.FixtureRequest,
     _app_modules_loaded: None,
 ) -> Inner:
-    """Inner pytest runs on this test's backend; ``--dburl`` passed through for PostgreSQL."""
-    return Inner(pytester, backend, request.config.getoption("--dburl"))
+    """Inner pytest runs on this test's backend; its ``--dburl`` server passed through."""
+    return Inner(pytester, backend, server_url(request.config, backend))

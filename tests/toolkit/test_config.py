@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from myapp.testing.plugin import ENV_DBURL
+from myapp.testing.plugin import ENV_DBURL, server_url
 
 #: a project of its own: one model, a Pyramid app including myapp.db.pyramid
 PROJECT = """
@@ -86,7 +86,7 @@ def _project(pytester: pytest.Pytester, module: str, ini: str) -> None:
 
 def _run(pytester: pytest.Pytester, backend: str, dburl: str | None) -> pytest.RunResult:
     args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-v", "--backends", backend]
-    if backend == "postgresql":
+    if backend != "sqlite":
         args += ["--dburl", dburl]  # type: ignore[list-item]
     return pytester.runpytest(*args)
 
@@ -154,7 +154,7 @@ def test_a_project_names_its_app_factory_and_metadata(
         myapp_db_prefix = notesproj_
         """,
     )
-    result = _run(pytester, backend, request.config.getoption("--dburl"))
+    result = _run(pytester, backend, server_url(request.config, backend))
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([f"myapp backends: {backend}"])
 
@@ -183,7 +183,7 @@ def test_a_project_names_its_ini_file(
         myapp_db_prefix = notesproj_
         """,
     )
-    result = _run(pytester, backend, request.config.getoption("--dburl"))
+    result = _run(pytester, backend, server_url(request.config, backend))
     result.assert_outcomes(passed=3)
 
 

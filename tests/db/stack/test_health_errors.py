@@ -40,6 +40,8 @@ def unreachable_app(
     monkeypatch.delenv("MYAPP_ENV", raising=False)
     if backend == "postgresql":
         url = "postgresql+psycopg://127.0.0.1:1/nowhere"
+    elif backend == "mysql":
+        url = "mysql://root@127.0.0.1:1/nowhere"
     else:
         url = f"sqlite:///{tmp_path / 'gone' / 'db.sqlite'}"
     app = main({}, **{"sqlalchemy.url": url, "myapp.env": "testing"})

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from myapp.testing.plugin import server_url
 from myapp.testing.server import ServerProcess
 
 TX_LINE = re.compile(r"\[myapp\.db\.tx:\d+\].*?\b(COMMIT|ROLLBACK)\b\s+(\S+)")
@@ -33,7 +34,7 @@ def test_seed_004_transcript_on_pserve(
     server = ServerProcess(
         tmp_path,
         backend=backend,
-        dburl=request.config.getoption("--dburl"),
+        dburl=server_url(request.config, backend),
         sqlite_file="data/transcript.sqlite",
     )
     with server:

@@ -61,6 +61,13 @@ def test_stored_in_utc(db: Any) -> None:
     if db.connection.dialect.name == "sqlite":
         raw = db.session.scalar(text("SELECT created FROM events WHERE id = 'a'"))
         assert raw == "2025-07-01 10:00:00.000000"
+    elif db.connection.dialect.name in ("mysql", "mariadb"):
+        # DATETIME(6) holds the UTC value itself: the session's zone changes nothing
+        db.session.execute(text("SET time_zone = '+09:00'"))
+        raw = db.session.scalar(text("SELECT created FROM events WHERE id = 'a'"))
+        db.session.execute(text("SET time_zone = '+00:00'"))
+        assert raw == datetime(2025, 7, 1, 10, 0)  # naive UTC, microseconds kept
+        assert db.session.scalar(text("SELECT @@session.time_zone")) == "+00:00"
     else:
         db.session.execute(text("SET LOCAL TIME ZONE 'Asia/Tokyo'"))  # the session's zone
         raw = db.session.scalar(
