@@ -140,8 +140,8 @@ def check_backends(main: Engine, name: str, other: Engine) -> None:
             f"the database {name!r} ({other.url.get_backend_name()}) cannot be configured "
             f"next to the main database ({main.url.get_backend_name()}): a unit of work "
             "writing to two databases commits with two-phase commit, which needs PostgreSQL "
-            "for every database (SQLite has none; myapp's coordinator does not drive "
-            "MySQL/MariaDB's XA transactions); use PostgreSQL for "
+            "for every database (SQLite has no prepared transactions; myapp's coordinator "
+            "does not drive MySQL/MariaDB's XA transactions); use PostgreSQL for "
             "both, or leave myapp.databases empty"
         )
 
