@@ -1,4 +1,4 @@
-"""Declarative base and ``BaseModel`` (seed 003).
+"""Declarative base and ``BaseModel``: the base class of every model.
 
 ``Base`` names every constraint and index (so alembic migrations are stable
 across databases). ``BaseModel`` adds UTC ``created``/``updated`` timestamps,
@@ -142,7 +142,7 @@ def init_db(
     drop: bool = False,
     alembic_script_location: str | None = None,
 ) -> None:
-    """Create the database schema (seed 002's ``init_db``), in one transaction of its own.
+    """Create the database schema (``init_db``), in one transaction of its own.
 
     Without ``alembic_script_location``: create the tables registered on
     ``metadata`` (default ``Base.metadata``: import the models first) that do

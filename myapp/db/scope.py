@@ -224,7 +224,7 @@ def active_scope() -> Scope | None:
 
 
 class Database:
-    """An engine, its session factory, and scopes (seed 003's ``Database``).
+    """An engine, its session factory, and scopes (the ``Database`` of the units of work).
 
     ``db.scope()`` opens a scope for scripts; ``db.session`` is the current
     scope's session; ``db.maintenance`` is the global read-only switch.

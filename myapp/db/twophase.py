@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy.engine import Connection, Engine
@@ -66,8 +66,14 @@ from . import compat
 from .errors import DatabaseError
 from .settings import DatabaseConfigError
 
-if TYPE_CHECKING:
-    from .scope import Database
+
+class Databases(Protocol):
+    """What the coordinator and recovery need of :class:`myapp.db.Database` (the main one)."""
+
+    name: str
+    engine: Engine
+    databases: Any  # name -> Database: each has an ``engine``
+
 
 log = logging.getLogger("myapp.db.twophase")
 
@@ -238,7 +244,7 @@ class Coordinator:
 
     transaction_manager = None
 
-    def __init__(self, txn: Any, root: Database) -> None:
+    def __init__(self, txn: Any, root: Databases) -> None:
         self.txn = txn
         self.root = root
         self.txid: str | None = None
@@ -443,7 +449,7 @@ class RecoveryReport:
         )
 
 
-def _databases(root: Database) -> list[tuple[str, Engine]]:
+def _databases(root: Databases) -> list[tuple[str, Engine]]:
     return [(root.name, root.engine)] + [(n, d.engine) for n, d in root.databases.items()]
 
 
@@ -463,7 +469,7 @@ def _autocommit(engine: Engine) -> Iterator[Connection]:
         yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def prepared_transactions(root: Database) -> list[PreparedTransaction]:
+def prepared_transactions(root: Databases) -> list[PreparedTransaction]:
     """myapp's prepared transactions on every configured PostgreSQL database, oldest first."""
     found: list[PreparedTransaction] = []
     for name, engine in _databases(root):
@@ -493,7 +499,7 @@ def _decide(connection: Connection, txid: str) -> str:
 
 
 def recover(
-    root: Database,
+    root: Databases,
     *,
     min_age: float = DEFAULT_MIN_AGE,
     purge_after: float = DEFAULT_PURGE_AFTER,
@@ -545,7 +551,7 @@ def recover(
     return report
 
 
-def in_doubt_lines(root: Database, *, older_than: float = DEFAULT_WARN_AGE) -> list[str]:
+def in_doubt_lines(root: Databases, *, older_than: float = DEFAULT_WARN_AGE) -> list[str]:
     """``myapp check``'s lines about two-phase commit: none with a single database."""
     if not root.databases:
         return []

@@ -7,7 +7,7 @@ from myapp.db import BaseModel
 
 
 class Event(BaseModel):
-    """Seed 003's event: string ids such as ``"ev_001"``, a title and a description."""
+    """An event: string ids such as ``"ev_001"``, a title and a description."""
 
     __tablename__ = "events"
 

@@ -9,7 +9,7 @@ from myapp.db import Base
 
 
 class Item(Base):
-    """Seed 004's item: an id and a name such as ``Item #1``."""
+    """An item: an id and a name such as ``Item #1``."""
 
     __tablename__ = "items"
 

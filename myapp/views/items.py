@@ -1,7 +1,7 @@
-"""Seed 004's Items API, on pyramid_tm: the view never commits or rolls back itself.
+"""The Items API (the quick start's example), on pyramid_tm: the view never commits or rolls back itself.
 
 ``GET /items`` is paginated and bounded like the API's lists (``?page=`` from 1,
-``?per_page=`` 1 to 100, default 20, ordered by id), but keeps seed 004's body,
+``?per_page=`` 1 to 100, default 20, ordered by id), but keeps the original body,
 ``{"items": [...]}``, so its transcript reads the same: the page's place is in
 the headers, ``X-Total-Count`` (every item) and ``Link`` (``rel="next"`` /
 ``rel="prev"``, relative URLs, RFC 8288). A bad ``page``/``per_page`` is a 400
