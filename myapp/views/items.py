@@ -1,4 +1,4 @@
-"""The Items API (the quick start's example), on pyramid_tm: the view never commits or rolls back itself.
+"""The Items API of the quick start, on pyramid_tm: the view never commits or rolls back.
 
 ``GET /items`` is paginated and bounded like the API's lists (``?page=`` from 1,
 ``?per_page=`` 1 to 100, default 20, ordered by id), but keeps the original body,
