@@ -20,13 +20,13 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from . import compat
 from .errors import TransactionFailed
+from .events import listen_once
 from .manager import current_transaction
 
 #: ``Transaction.extension`` key: the :class:`FailureGuard` of the transaction.
@@ -161,6 +161,5 @@ def restore_guard_state(session: Session, previous: SessionTransaction) -> None:
 def install_failure_guard(bind: Engine | Connection) -> None:
     """Watch ``bind``'s engine for database errors inside units of work (idempotent)."""
     engine = bind.engine if isinstance(bind, Connection) else bind
-    if not isinstance(engine, Engine) or event.contains(engine, "handle_error", _on_error):
-        return
-    event.listen(engine, "handle_error", _on_error)
+    if isinstance(engine, Engine):
+        listen_once(engine, "handle_error", _on_error)

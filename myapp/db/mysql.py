@@ -43,8 +43,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
+
+from .events import listen_once
 
 #: the DBAPI driver of ``mysql://`` and ``mariadb://`` URLs (docs/architecture.md says why)
 DRIVER = "pymysql"
@@ -130,9 +131,8 @@ def install(engine: Engine, *, read_only: bool = False) -> Engine:
     server if it writes (error 1792, SQLSTATE 25006).
     """
     listener = _on_connect_read_only if read_only else _on_connect
-    if not is_mysql(engine.dialect) or event.contains(engine, "connect", listener):
+    if not is_mysql(engine.dialect) or not listen_once(engine, "connect", listener):
         return engine
-    event.listen(engine, "connect", listener)
     # On this engine's dialect instance (no engine event: those are dispatched at every
     # statement), myapp knows whether a connection ran a statement since its last COMMIT or
     # ROLLBACK (the server's status flags do not say so for reads): a ROLLBACK with nothing

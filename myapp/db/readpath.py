@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import mysql, sqlite
 from .errors import MaintenanceMode, ReadOnlyViolation
+from .events import listen_once
 from .manager import current_transaction
 from .writes import MAINTENANCE, READ_ONLY
 
@@ -298,8 +299,7 @@ def _map_read_only(context: ExceptionContext) -> BaseException | None:
 
 def install_error_mapping(engine: Engine) -> None:
     """Turn the database's read-only refusals on ``engine`` into ReadOnlyViolation (idempotent)."""
-    if not event.contains(engine, "handle_error", _map_read_only):
-        event.listen(engine, "handle_error", _map_read_only)
+    listen_once(engine, "handle_error", _map_read_only)
 
 
 def begin_snapshot(session: Any, *, outermost: bool = False) -> bool:

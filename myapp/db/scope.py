@@ -24,6 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .datamanager import SESSION
 from .errors import NoScope
+from .events import listen_once
 from .guard import install_failure_guard
 from .manager import current_transaction, get_tm, unit_manager
 from .nesting import is_implicit
@@ -344,10 +345,7 @@ class Database:
         engine = create_read_engine(url, **options)
         replica = Replica(url, engine, self._factory_for(engine))
         self.replicas.replicas.append(replica)
-        from sqlalchemy import event
-
-        if not event.contains(self.session_factory, "after_commit", _read_your_writes):
-            event.listen(self.session_factory, "after_commit", _read_your_writes)
+        listen_once(self.session_factory, "after_commit", _read_your_writes)
         if self.replica_engine is None:  # the first replica, as before several were possible
             self.replica_engine = engine
             self.replica_factory = replica.factory
