@@ -145,25 +145,49 @@ class PostgresTestDatabase:
         """
         dropped = []
         names = conn.exec_driver_sql(
-            "SELECT datname FROM pg_database WHERE datname LIKE %(pattern)s",
-            {"pattern": self.prefix.replace("_", "\\_") + "%"},
+            self._list_sql, {"pattern": self.prefix.replace("_", "\\_") + "%"}
         ).scalars()
         pattern = _name_pattern(self.prefix)
         for name in list(names):
             match = pattern.match(name)
             if match is None or match["host"] != HOST_TAG or _process_alive(int(match["pid"])):
                 continue
-            connected = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %(name)s", {"name": name}
-            ).scalar()
-            if connected:
+            if self._sessions(conn, name):
                 continue
             try:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {self._quote(name)}")
             except sqlalchemy.exc.DBAPIError:  # taken meanwhile (another worker dropping it)
                 continue
             dropped.append(name)
         return dropped
+
+    # -- what differs between servers ---------------------------------------------------
+
+    #: the names of the server's databases that match ``%(pattern)s``
+    _list_sql = "SELECT datname FROM pg_database WHERE datname LIKE %(pattern)s"
+
+    @staticmethod
+    def _quote(name: str) -> str:
+        return f'"{name}"'
+
+    @staticmethod
+    def _sessions(conn: Connection, name: str) -> list[int]:
+        """The ids of the other sessions connected to the database ``name``."""
+        return list(
+            conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %(name)s "
+                "AND pid <> pg_backend_pid()",
+                {"name": name},
+            ).scalars()
+        )
+
+    def _create_sql(self) -> str:
+        return f"CREATE DATABASE {self._quote(self.name)}"
+
+    def _drop(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {self._quote(self.name)} WITH (FORCE)")
+
+    # -----------------------------------------------------------------------------------
 
     def _admin(self) -> Engine:
         return create_engine_for(
@@ -176,7 +200,7 @@ class PostgresTestDatabase:
         try:
             with admin.connect() as conn:
                 self.drop_leftovers(conn)
-                conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+                conn.exec_driver_sql(self._create_sql())
         except Exception as exc:
             raise pytest.UsageError(
                 f"--dburl {self.server_url.render_as_string()}: cannot create a test database "
@@ -191,7 +215,7 @@ class PostgresTestDatabase:
         admin = self._admin()
         try:
             with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                self._drop(conn)
         finally:
             admin.dispose()
 
@@ -205,26 +229,13 @@ class MysqlTestDatabase(PostgresTestDatabase):
     kills the connections still on the database (``KILL CONNECTION``).
     """
 
-    def drop_leftovers(self, conn: Connection) -> list[str]:
-        dropped = []
-        names = conn.exec_driver_sql(
-            "SELECT schema_name FROM information_schema.schemata "
-            "WHERE schema_name LIKE %(pattern)s",
-            {"pattern": self.prefix.replace("_", "\\_") + "%"},
-        ).scalars()
-        pattern = _name_pattern(self.prefix)
-        for name in list(names):
-            match = pattern.match(name)
-            if match is None or match["host"] != HOST_TAG or _process_alive(int(match["pid"])):
-                continue
-            if self._sessions(conn, name):
-                continue
-            try:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-            except sqlalchemy.exc.DBAPIError:
-                continue
-            dropped.append(name)
-        return dropped
+    _list_sql = (
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %(pattern)s"
+    )
+
+    @staticmethod
+    def _quote(name: str) -> str:
+        return f"`{name}`"
 
     @staticmethod
     def _sessions(conn: Connection, name: str) -> list[int]:
@@ -236,35 +247,18 @@ class MysqlTestDatabase(PostgresTestDatabase):
             ).scalars()
         )
 
-    def create(self) -> str:
-        admin = self._admin()
-        try:
-            with admin.connect() as conn:
-                self.drop_leftovers(conn)
-                conn.exec_driver_sql(
-                    f"CREATE DATABASE `{self.name}` CHARACTER SET {CHARSET} COLLATE {COLLATION}"
-                )
-        except Exception as exc:
-            raise pytest.UsageError(
-                f"--dburl {self.server_url.render_as_string()}: cannot create a test database "
-                f"there: {exc}"
-            ) from exc
-        finally:
-            admin.dispose()
-        return self.url.render_as_string(hide_password=False)
+    def _create_sql(self) -> str:
+        return (
+            f"CREATE DATABASE {self._quote(self.name)} CHARACTER SET {CHARSET} COLLATE {COLLATION}"
+        )
 
-    def drop(self) -> None:
-        admin = self._admin()
-        try:
-            with admin.connect() as conn:
-                for session_id in self._sessions(conn, self.name):
-                    try:
-                        conn.exec_driver_sql(f"KILL CONNECTION {int(session_id)}")
-                    except sqlalchemy.exc.DBAPIError:  # gone meanwhile
-                        pass
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{self.name}`")
-        finally:
-            admin.dispose()
+    def _drop(self, conn: Connection) -> None:
+        for session_id in self._sessions(conn, self.name):
+            try:
+                conn.exec_driver_sql(f"KILL CONNECTION {int(session_id)}")
+            except sqlalchemy.exc.DBAPIError:  # gone meanwhile
+                pass
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {self._quote(self.name)}")
 
 
 def test_database_for(server_url: str, prefix: str | None = None) -> PostgresTestDatabase:
