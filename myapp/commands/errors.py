@@ -34,6 +34,9 @@ class CommandError(Exception):
     missing row, a pending migration). The command's unit of work is rolled back.
     """
 
+    #: how :mod:`myapp.observability` records the unit of work this error ended
+    unit_outcome = "refused"
+
     def __init__(self, message: str, returncode: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.returncode = returncode

@@ -194,10 +194,10 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 def _outcome_of_error(exc: BaseException) -> str:
-    from myapp.commands.errors import CommandError
-
-    if isinstance(exc, CommandError):
-        return "refused"
+    # an error class may name its outcome (myapp.commands.errors.CommandError: "refused")
+    named = getattr(exc, "unit_outcome", None)
+    if isinstance(named, str):
+        return named
     if _is_conflict(exc):
         return "conflict"
     return "rollback"
